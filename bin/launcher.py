@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Run an ovn-k8s command from a checkout, without installing it.
+
+Every file in bin/ is a symlink to this one; the name it was called by picks the
+entry point, exactly as the installed console scripts do (see setup.cfg).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir))
+
+COMMANDS = {
+    "ovn-k8s-overlay": "overlay",
+    "ovn-k8s-watcher": "watcher",
+    "ovn-k8s-cni-overlay": "cni",
+    "ovn-k8s-util": "util",
+    "ovn-k8s-gateway-helper": "gateway_helper",
+    "ovn-k8s-sandbox": "sandbox",
+}
+
+if __name__ == "__main__":
+    name = os.path.basename(sys.argv[0])
+    if name not in COMMANDS:
+        sys.exit(f"{name}: call one of {', '.join(sorted(COMMANDS))} (symlinks to this file)")
+    module = __import__(f"ovn_k8s.cmd.{COMMANDS[name]}", fromlist=["main"])
+    module.main()

@@ -1,0 +1,1 @@
+"""ovn-k8s: connect Kubernetes to OVN and Open vSwitch."""

@@ -1,0 +1,7 @@
+"""`ovn-k8s-cni-overlay`."""
+
+from ovn_k8s.cmd import not_implemented
+
+
+def main() -> None:
+    not_implemented("ovn-k8s-cni-overlay", 6)

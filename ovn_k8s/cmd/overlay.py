@@ -1,0 +1,109 @@
+"""`ovn-k8s-overlay master-init | minion-init | gateway-init`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ovn_k8s import config, ipam, overlay, ovsdb, topology
+from ovn_k8s.host import ovs as host_ovs
+from ovn_k8s.host.links import HostError
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cluster-ip-subnet", required=True,
+                        help="the pods' network(s), comma-separated, e.g. 10.128.0.0/14")
+    common.add_argument("--node-name", required=True, help="this node's Kubernetes name")
+    common.add_argument("--nb", help="OVN NB remote (default: external_ids:ovn-nb)")
+    common.add_argument("--ovs", help="local Open_vSwitch DB (default: $OVS_RUNDIR/db.sock)")
+    common.add_argument("--config-file", type=Path,
+                        help=f"settings file (default {config.DEFAULT_CONFIG_FILE} if present)")
+    common.add_argument("--join-subnet", help="switch between routers (default 100.64.0.0/16)")
+    common.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for a database (default 30)")
+    common.add_argument("-v", "--verbose", action="store_true")
+
+    node = argparse.ArgumentParser(add_help=False)
+    node.add_argument("--mtu", type=int, help="management port MTU (default 1400)")
+
+    parser = argparse.ArgumentParser(prog="ovn-k8s-overlay",
+                                     description="Set up OVN for Kubernetes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    master = sub.add_parser("master-init", parents=[common, node],
+                            help="cluster router, join switch, load balancers, master node")
+    master.add_argument("--master-switch-subnet", required=True, help="the master's node subnet")
+    minion = sub.add_parser("minion-init", parents=[common, node],
+                            help="node switch, management port, CNI config and plugin")
+    minion.add_argument("--minion-switch-subnet", required=True, help="this node's subnet")
+    minion.add_argument("--cni-conf-dir", help="default /etc/cni/net.d")
+    minion.add_argument("--cni-bin-dir", help="default /opt/cni/bin")
+    gateway = sub.add_parser("gateway-init", parents=[common], help="GR_<node> and ext_<node>")
+    phys = gateway.add_mutually_exclusive_group(required=True)
+    phys.add_argument("--physical-interface", help="NIC mode: a NIC given to OVN whole")
+    phys.add_argument("--bridge-interface", help="bridge mode: an OVS bridge sharing the NIC")
+    gateway.add_argument("--physical-ip", required=True, help="this node's IP/prefix on the NIC")
+    gateway.add_argument("--default-gw", required=True, help="next hop for external traffic")
+    gateway.add_argument("--rampout-ip-subnets", default="",
+                         help="only these comma-separated pod subnets leave through this gateway")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    settings = config.Settings(vars(args), config.read_config_file(args.config_file))
+    # Everything that can be checked without a database is checked first.
+    cluster = topology.ClusterSpec(
+        cluster_subnets=topology.validate_subnets(args.cluster_ip_subnet.split(","),
+                                                  "--cluster-ip-subnet"),
+        join_subnet=ipam.parse_network(settings.require("join_subnet"), "--join-subnet"),
+    )
+    topology.check_node_name(args.node_name)
+    if args.command in ("master-init", "minion-init"):
+        flag = "master-switch-subnet" if args.command == "master-init" else "minion-switch-subnet"
+        spec = overlay.NodeSpec(
+            node=args.node_name,
+            subnet=ipam.parse_network(getattr(args, flag.replace("-", "_")), f"--{flag}"),
+            mtu=settings.integer("mtu", 576, 65535),
+        )
+    else:
+        gw_spec = overlay.GatewayHostSpec(
+            node=args.node_name,
+            physical_ip=ipam.parse_interface_address(args.physical_ip, "--physical-ip"),
+            default_gw=ipam.parse_address(args.default_gw, "--default-gw"),
+            bridge=args.bridge_interface,
+            nic=args.physical_interface,
+            rampout_subnets=topology.validate_subnets(args.rampout_ip_subnets.split(","),
+                                                      "--rampout-ip-subnets"),
+        )
+
+    ovs = ovsdb.connect_ovs(args.ovs or host_ovs.default_remote(), timeout=args.timeout)
+    settings.external_ids = host_ovs.external_ids(ovs)
+    nb = ovsdb.connect_nb(settings.require("nb"), timeout=args.timeout)
+    try:
+        if args.command == "master-init":
+            overlay.master_init(nb, ovs, cluster, spec)
+        elif args.command == "minion-init":
+            overlay.minion_init(
+                nb, ovs, cluster, spec,
+                cni_conf_dir=Path(settings.require("cni_conf_dir")),
+                cni_bin_dir=Path(settings.require("cni_bin_dir")),
+            )
+        else:
+            overlay.gateway_init(nb, ovs, cluster, gw_spec)
+    finally:
+        nb.close()
+        ovs.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _run(args)
+    except (ValueError, config.ConfigError, overlay.SetupError, HostError,
+            ovsdb.OvsdbError, OSError) as e:
+        sys.stderr.write(f"ovn-k8s-overlay {args.command}: error: {e}\n")
+        sys.exit(1)

@@ -1,0 +1,95 @@
+"""The OVSDB facade against the lab's real OVN NB, SB and node Open_vSwitch databases."""
+
+import time
+
+import pytest
+
+from ovn_k8s import ovsdb
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def nb(lab):
+    db = ovsdb.connect_nb(lab.nb_remote, timeout=10)
+    yield db
+    db.close()
+
+
+def _names(db, table):
+    return sorted(row.name for row in db.rows(table))
+
+
+def test_switch_ports_and_lb_in_one_transaction(nb):
+    api = nb.api
+    with nb.transaction() as txn:
+        txn.add(api.ls_add("facade-sw", external_ids={"k8s.ovn.org/owner-type": "test"}))
+        txn.add(api.lsp_add("facade-sw", "facade-p1", addresses=["0a:58:0a:01:00:05 10.1.0.5"]))
+        txn.add(api.lsp_add("facade-sw", "facade-p2", addresses=["0a:58:0a:01:00:06 10.1.0.6"]))
+        txn.add(api.lb_add("facade-lb", "10.96.0.10:80", ["10.1.0.5:8080", "10.1.0.6:8080"]))
+        txn.add(api.ls_lb_add("facade-sw", "facade-lb"))
+
+    # Read back through a second, independent connection: the write really reached
+    # the server, it is not only in our IDL cache.
+    other = ovsdb.NbDb(nb.remote, timeout=10)
+    try:
+        sw = other.execute(other.api.ls_get("facade-sw"))[0]
+        assert sorted(p.name for p in sw.ports) == ["facade-p1", "facade-p2"]
+        assert sw.external_ids["k8s.ovn.org/owner-type"] == "test"
+        assert [lb.name for lb in sw.load_balancer] == ["facade-lb"]
+        assert sw.load_balancer[0].vips == {"10.96.0.10:80": "10.1.0.5:8080,10.1.0.6:8080"}
+    finally:
+        other.close()
+
+    nb.execute(api.ls_del("facade-sw"), api.lb_del("facade-lb"))
+    assert "facade-sw" not in _names(nb, "Logical_Switch")
+    assert "facade-lb" not in _names(nb, "Load_Balancer")
+    assert not [p for p in nb.rows("Logical_Switch_Port") if p.name.startswith("facade-")]
+
+
+def test_failed_transaction_changes_nothing(nb):
+    with pytest.raises(ovsdb.OvsdbTransactionError, match="no-such-switch"):
+        nb.execute(nb.api.ls_add("atomic-sw"), nb.api.lsp_add("no-such-switch", "p"))
+    assert "atomic-sw" not in _names(nb, "Logical_Switch")
+
+
+def test_shared_connection_per_remote(lab, nb):
+    again = ovsdb.connect_nb(lab.nb_remote)
+    try:
+        assert again is nb
+        with pytest.raises(ValueError, match="already open without tables"):
+            ovsdb.connect_nb(lab.nb_remote, tables=["Logical_Switch", "DNS"])
+    finally:
+        again.close()
+    # Still usable: the first close only dropped a reference.
+    assert nb.execute(nb.api.ls_list())[0] is not None
+
+
+def test_reconnects_after_nb_restart(lab, nb):
+    nb.execute(nb.api.ls_add("before-restart"))
+    lab.restart_nb()
+    start = time.monotonic()
+    nb.execute(nb.api.ls_add("after-restart"))
+    assert time.monotonic() - start < nb.timeout
+    assert {"before-restart", "after-restart"} <= set(_names(nb, "Logical_Switch"))
+    nb.execute(nb.api.ls_del("before-restart"), nb.api.ls_del("after-restart"))
+
+
+def test_sb_and_node_ovs(lab):
+    sb = ovsdb.connect_sb(lab.sb_remote)
+    try:
+        chassis = {c.name for c in sb.rows("Chassis")}
+        assert {n.name for n in lab.nodes} <= chassis
+    finally:
+        sb.close()
+    node = lab.nodes[0]
+    ovs = ovsdb.connect_ovs(node.ovs_remote)
+    try:
+        bridges = ovs.execute(ovs.api.list_br())[0]
+        assert "br-int" in bridges
+        ovs.execute(ovs.api.add_br("facade-br", datapath_type="netdev"))
+        assert "facade-br" in ovs.execute(ovs.api.list_br())[0]
+        ovs.execute(ovs.api.del_br("facade-br"))
+        assert "facade-br" not in ovs.execute(ovs.api.list_br())[0]
+    finally:
+        ovs.close()
