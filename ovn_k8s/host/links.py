@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pyroute2 import IPRoute
 
 
@@ -16,3 +18,22 @@ def link_mac(name: str) -> str:
         if not found:
             raise HostError(f"no network interface {name!r} on this host")
         return ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS")
+
+
+def wait_for_link(name: str, timeout: float = 10.0) -> int:
+    """The index of device ``name``, waiting for it to appear.
+
+    ovs-vswitchd creates an internal port's device shortly after the commit.
+    """
+    deadline = time.monotonic() + timeout
+    with IPRoute() as ipr:
+        while True:
+            found = ipr.link_lookup(ifname=name)
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                raise HostError(
+                    f"{name} did not appear within {timeout:g}s; is ovs-vswitchd running "
+                    "in this network namespace?"
+                )
+            time.sleep(0.02)

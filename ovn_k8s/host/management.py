@@ -6,7 +6,6 @@ node subnet's .2 address and routes to the cluster subnets via the .1 router.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import netaddr
@@ -14,7 +13,7 @@ from pyroute2 import IPRoute
 
 from ovn_k8s import ipam, topology
 from ovn_k8s.host import ovs as host_ovs
-from ovn_k8s.host.links import HostError
+from ovn_k8s.host.links import wait_for_link
 from ovn_k8s.ovsdb import OvsDb
 
 MGMT_PORT = "ovn-k8s-mp0"
@@ -41,8 +40,8 @@ def ensure_management_port(
             external_ids={"iface-id": topology.mgmt_port(node)},
         ),
     )
+    index = wait_for_link(MGMT_PORT, link_timeout)
     with IPRoute() as ipr:
-        index = _wait_for_link(ipr, MGMT_PORT, link_timeout)
         ipr.link("set", index=index, address=mac, mtu=mtu, state="up")
         wanted = (str(mgmt_ip), subnet.prefixlen)
         for addr in ipr.get_addr(index=index, family=2):
@@ -53,17 +52,3 @@ def ensure_management_port(
         for net in cluster_subnets:
             ipr.route("replace", dst=str(net), gateway=str(gateway), oif=index)
 
-
-def _wait_for_link(ipr: IPRoute, name: str, timeout: float) -> int:
-    # ovs-vswitchd creates the internal port's device shortly after the commit.
-    deadline = time.monotonic() + timeout
-    while True:
-        found = ipr.link_lookup(ifname=name)
-        if found:
-            return found[0]
-        if time.monotonic() > deadline:
-            raise HostError(
-                f"{name} did not appear within {timeout:g}s; is ovs-vswitchd running "
-                "in this network namespace?"
-            )
-        time.sleep(0.02)
