@@ -8,7 +8,16 @@ entry point, exactly as the installed console scripts do (see setup.cfg).
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir))
+TOP = os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir)
+VENV_PYTHON = os.path.join(TOP, ".venv", "bin", "python")
+
+# The dependencies live in the checkout's venv (tools/bootstrap builds it); a bare
+# `python3` would fail on the first import, so hop into the venv when there is one.
+if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(
+        os.path.join(TOP, ".venv")):
+    os.execv(VENV_PYTHON, [VENV_PYTHON, *sys.argv])
+
+sys.path.insert(0, TOP)
 
 COMMANDS = {
     "ovn-k8s-overlay": "overlay",

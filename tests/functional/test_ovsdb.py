@@ -23,11 +23,14 @@ def _names(db, table):
 def test_switch_ports_and_lb_in_one_transaction(nb):
     api = nb.api
     with nb.transaction() as txn:
-        txn.add(api.ls_add("facade-sw", external_ids={"k8s.ovn.org/owner-type": "test"}))
+        # ls_lb_add cannot mutate a switch inserted in the same transaction (the IDL
+        # row has no columns yet), so the new switch takes the new LB's command as a
+        # reference: ovsdbapp resolves it to the row's UUID at commit.
+        lb = txn.add(api.lb_add("facade-lb", "10.96.0.10:80", ["10.1.0.5:8080", "10.1.0.6:8080"]))
+        txn.add(api.ls_add("facade-sw", load_balancer=[lb],
+                           external_ids={"k8s.ovn.org/owner-type": "test"}))
         txn.add(api.lsp_add("facade-sw", "facade-p1", addresses=["0a:58:0a:01:00:05 10.1.0.5"]))
         txn.add(api.lsp_add("facade-sw", "facade-p2", addresses=["0a:58:0a:01:00:06 10.1.0.6"]))
-        txn.add(api.lb_add("facade-lb", "10.96.0.10:80", ["10.1.0.5:8080", "10.1.0.6:8080"]))
-        txn.add(api.ls_lb_add("facade-sw", "facade-lb"))
 
     # Read back through a second, independent connection: the write really reached
     # the server, it is not only in our IDL cache.

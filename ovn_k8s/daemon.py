@@ -1,0 +1,116 @@
+"""OVS-style daemon plumbing shared by ovn-k8s-watcher and ovn-k8s-gateway-helper.
+
+Operators of OVS know ``--pidfile --detach --monitor --log-file -vconsole:emer
+-vfile:info`` and ``ovs-appctl -t NAME exit|vlog/set|...``; the ``ovs`` library
+provides both, and this module wires them to Python ``logging`` (our modules log
+through it, vlog decides per destination what is written) and runs the unixctl
+server on its own thread so the daemon's work never blocks ``ovs-appctl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections.abc import Callable
+
+import ovs.daemon
+import ovs.poller
+import ovs.unixctl
+import ovs.unixctl.server
+import ovs.util
+import ovs.vlog
+
+LOG = logging.getLogger(__name__)
+
+_LEVELS = {
+    logging.CRITICAL: "emer",
+    logging.ERROR: "err",
+    logging.WARNING: "warn",
+    logging.INFO: "info",
+    logging.DEBUG: "dbg",
+}
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """The OVS daemon and logging flags, plus ``--unixctl PATH``."""
+    ovs.daemon.add_args(parser)
+    ovs.vlog.add_args(parser)
+    parser.add_argument("--unixctl", metavar="SOCKET",
+                        help="control socket (default $OVS_RUNDIR/NAME.PID.ctl)")
+
+
+class _VlogHandler(logging.Handler):
+    """Hands Python log records to vlog, which applies the -v levels per destination."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__(logging.DEBUG)
+        self._vlog = ovs.vlog.Vlog(module)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            level = max((lv for lv in _LEVELS if lv <= record.levelno), default=logging.DEBUG)
+            getattr(self._vlog, _LEVELS[level])(msg)
+        except Exception:
+            self.handleError(record)
+
+
+class Daemon:
+    """Daemonizes per the flags, serves unixctl, and tells the main loop when to exit."""
+
+    def __init__(self, args: argparse.Namespace, module: str) -> None:
+        ovs.vlog.handle_args(args)
+        ovs.daemon.handle_args(args)
+        root = logging.getLogger()
+        root.setLevel(logging.DEBUG)
+        handler = _VlogHandler(module)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+        self.exiting = threading.Event()
+        self._args = args
+        self._server: ovs.unixctl.server.UnixctlServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Fork (with --detach) and open the control socket; call before any threads."""
+        ovs.daemon.daemonize_start()
+        error, self._server = ovs.unixctl.server.UnixctlServer.create(self._args.unixctl)
+        if error:
+            ovs.util.ovs_fatal(error, "could not create unixctl server")
+        self.register("exit", "", 0, 0, lambda conn, argv: self._exit(conn))
+
+    def register(
+        self, name: str, usage: str, min_args: int, max_args: int,
+        callback: Callable[[object, list[str]], None],
+    ) -> None:
+        """Add an ``ovs-appctl`` command; ``callback(conn, argv)`` must reply on conn."""
+        ovs.unixctl.command_register(
+            name, usage, min_args, max_args, lambda conn, argv, _aux: callback(conn, argv), None
+        )
+
+    def _exit(self, conn: object) -> None:
+        LOG.info("exit requested through unixctl")
+        self.exiting.set()
+        conn.reply(None)  # type: ignore[attr-defined]
+
+    def ready(self) -> None:
+        """Tell a --detach parent we are up, and start serving unixctl."""
+        ovs.daemon.daemonize_complete()
+        self._thread = threading.Thread(target=self._serve, name="unixctl", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self._server is not None
+        while not self.exiting.is_set():
+            self._server.run()
+            poller = ovs.poller.Poller()
+            self._server.wait(poller)
+            poller.timer_wait(200)  # notice exiting without a message
+            poller.block()
+        # Let the reply to `exit` go out before the socket closes.
+        self._server.run()
+        self._server.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.exiting.wait(timeout)
