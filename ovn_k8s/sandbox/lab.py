@@ -213,6 +213,7 @@ def _run(
     timeout: float = DAEMON_START_TIMEOUT,
     env: dict[str, str] | None = None,
     check: bool = True,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(
@@ -221,7 +222,8 @@ def _run(
             text=True,
             timeout=timeout,
             env=env,
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
             check=False,
         )
     except subprocess.TimeoutExpired as e:
@@ -431,10 +433,21 @@ class LabNode:
             timeout=timeout + 2,
         ).stdout
 
-    def exec(self, argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside this node's netns (no shell)."""
-        return _run(_ns_argv(self.netns, argv), timeout=timeout, env=dict(os.environ, **self.env),
-                    check=False)
+    def exec(
+        self,
+        argv: list[str],
+        timeout: float = 30.0,
+        *,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside this node's netns (no shell), as a process on that host.
+
+        The environment is ours plus the node's OVS/OVN directories plus ``env``;
+        ``input`` goes to its stdin (a CNI plugin's network config, say).
+        """
+        return _run(_ns_argv(self.netns, argv), timeout=timeout,
+                    env=dict(os.environ, **self.env, **(env or {})), check=False, input=input)
 
 
 @dataclass
