@@ -116,10 +116,12 @@ s.bind(("0.0.0.0", int(sys.argv[1])))
 s.listen(64)
 print("ready", flush=True)
 while True:
-    c, _ = s.accept()
+    c, peer = s.accept()
     c.settimeout(5)
     try:
-        c.sendall(c.recv(4096))
+        data = c.recv(4096)
+        # "peer?" asks who connected: tests prove SNAT by the source the server sees.
+        c.sendall(f"{peer[0]}\\n".encode() if data == b"peer?\\n" else data)
     except OSError:
         pass
     finally:
@@ -500,6 +502,22 @@ class LabPod:
             return got == payload
         except OSError:
             return False
+        finally:
+            sock.close()
+
+    def tcp_peer(self, ip: str, port: int, timeout: float = 2.0) -> str | None:
+        """The source address a lab TCP server at ``ip:port`` sees for our connection."""
+        try:
+            sock = netns.create_socket(self.netns, socket.AF_INET, socket.SOCK_STREAM)
+        except Exception as e:
+            raise LabError(f"cannot open a socket in {self.netns}: {e}") from e
+        try:
+            sock.settimeout(timeout)
+            sock.connect((ip, port))
+            sock.sendall(b"peer?\n")
+            return sock.recv(4096).decode().strip() or None
+        except OSError:
+            return None
         finally:
             sock.close()
 
@@ -1176,6 +1194,66 @@ class Lab:
             raise
         self._save()
         return pod
+
+    def add_external_host(
+        self,
+        node: str | int | LabNode,
+        name: str,
+        ip: str,
+        *,
+        nic: str = "eth1",
+        node_ip: str | None = None,
+        extra_ips: tuple[str, ...] = (),
+        mtu: int = POD_MTU,
+    ) -> LabPod:
+        """A host on ``node``'s physical network: its own netns, cabled to a new NIC.
+
+        The node gets ``nic`` (a veth; ``node_ip`` on it if given, as a NIC the host
+        uses), the host gets eth0 with ``ip`` plus ``extra_ips`` on lo (addresses
+        "beyond" it, to test routing via a default gateway). The host has no default
+        route: a reply reaches only addresses on its own network, so a pod that gets
+        an answer was SNATed to a physical address. Returned as a LabPod without an
+        OVS port; ``del_pod`` removes it.
+        """
+        n = self.node(node)
+        if name in self.pods:
+            raise LabError(f"lab pod {name!r} exists")
+        iface = ipaddress.ip_interface(ip)
+        host = LabPod(lab=self, node=n.name, name=name, netns=f"{self.prefix}-ext-{name}",
+                      port=nic, ip=str(iface), mac="", iface_id="")
+        with self._lock:
+            self.pods[name] = host
+        self._record("netns", host.netns)
+        try:
+            netns.create(host.netns)
+            with _ipr(n.netns) as ipr:
+                ipr.link("add", ifname=nic, kind="veth",
+                         peer={"ifname": "eth0", "net_ns_fd": host.netns})
+                (idx,) = ipr.link_lookup(ifname=nic)
+                ipr.link("set", index=idx, state="up", mtu=mtu)
+                if node_ip:
+                    node_if = ipaddress.ip_interface(node_ip)
+                    ipr.addr("add", index=idx, address=str(node_if.ip),
+                             prefixlen=node_if.network.prefixlen)
+            with _ipr(host.netns) as ipr:
+                ipr.link("set", index=1, state="up")
+                (idx,) = ipr.link_lookup(ifname="eth0")
+                ipr.link("set", index=idx, mtu=mtu, state="up")
+                ipr.addr("add", index=idx, address=str(iface.ip),
+                         prefixlen=iface.network.prefixlen)
+                host.mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+                for extra in extra_ips:
+                    e = ipaddress.ip_interface(extra)
+                    ipr.addr("add", index=1, address=str(e.ip), prefixlen=e.network.prefixlen)
+            # Both ends may carry traffic through the userspace datapath (DESIGN.md).
+            _in_netns(host.netns, lambda: _tx_checksum_off("eth0"))
+            _in_netns(n.netns, lambda: _tx_checksum_off(nic))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.del_pod(name)
+            raise
+        self._save()
+        return host
 
     def _pod_port_name(self, name: str) -> str:
         used = {p.port for p in self.pods.values()}
