@@ -32,6 +32,9 @@ _LEVELS = {
 }
 
 
+_VLOG_DESTINATIONS = frozenset(ovs.vlog.DESTINATIONS)
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     """The OVS daemon and logging flags, plus ``--unixctl PATH``."""
     ovs.daemon.add_args(parser)
@@ -48,6 +51,10 @@ class _VlogHandler(logging.Handler):
         self._vlog = ovs.vlog.Vlog(module)
 
     def emit(self, record: logging.LogRecord) -> None:
+        # vlog writes through Python loggers named after its destinations; handing
+        # those records back to vlog would loop forever.
+        if record.name in _VLOG_DESTINATIONS:
+            return
         try:
             msg = self.format(record)
             level = max((lv for lv in _LEVELS if lv <= record.levelno), default=logging.DEBUG)
@@ -60,11 +67,14 @@ class Daemon:
     """Daemonizes per the flags, serves unixctl, and tells the main loop when to exit."""
 
     def __init__(self, args: argparse.Namespace, module: str) -> None:
+        # vlog modules must exist before vlog.init (inside handle_args) runs.
+        handler = _VlogHandler(module)
         ovs.vlog.handle_args(args)
         ovs.daemon.handle_args(args)
+        for dest in _VLOG_DESTINATIONS:
+            logging.getLogger(dest).propagate = False
         root = logging.getLogger()
         root.setLevel(logging.DEBUG)
-        handler = _VlogHandler(module)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         root.addHandler(handler)
         self.exiting = threading.Event()

@@ -15,6 +15,7 @@ import netaddr
 
 from ovn_k8s import ipam, topology
 from ovn_k8s.cni import install as cni_install
+from ovn_k8s.host import bridge as host_bridge
 from ovn_k8s.host import management
 from ovn_k8s.host import ovs as host_ovs
 from ovn_k8s.ovsdb import NbDb, OvsDb
@@ -140,5 +141,6 @@ def gateway_init(
             raise ipam.AddressError(f"rampout subnet {net} is not inside the cluster subnet")
     if spec.nic is not None:
         ovs.execute(*host_ovs.nic_bridge(ovs, spec.nic, mac))
+        host_bridge.detach_from_host_stack(ovs, spec.nic)
     ovs.execute(*host_ovs.bridge_mapping(ovs, topology.PHYSNET, bridge))
     nb.execute(*topology.gateway_commands(nb, cluster, gw))

@@ -1,7 +1,78 @@
-"""`ovn-k8s-gateway-helper`."""
+"""`ovn-k8s-gateway-helper --physical-bridge=BR --physical-interface=NIC [daemon flags]`.
 
-from ovn_k8s.cmd import not_implemented
+Keeps the flows that let the host and OVN's gateway router share NIC on BR
+(see ovn_k8s.host.gateway_flows). NodePorts follow the cluster's services when
+Kubernetes settings are configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+
+from ovn_k8s import daemon, ovsdb
+from ovn_k8s.host import ovs as host_ovs
+from ovn_k8s.host.gateway_helper import GatewayHelper
+from ovn_k8s.host.links import HostError, link_mac
+
+LOG = logging.getLogger("ovn_k8s.gateway_helper")
+NAME = "ovn-k8s-gateway-helper"
 
 
-def main() -> None:
-    not_implemented("ovn-k8s-gateway-helper", 4)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=NAME, description=__doc__.split("\n")[0])
+    parser.add_argument("--physical-bridge", required=True,
+                        help="the OVS bridge holding the NIC (made by nics-to-bridge)")
+    parser.add_argument("--physical-interface", required=True, help="the NIC in that bridge")
+    parser.add_argument("--ovs", help="local Open_vSwitch DB (default: $OVS_RUNDIR/db.sock)")
+    parser.add_argument("--resync-interval", type=float, default=30.0,
+                        help="seconds between full re-applications of the flows (default 30)")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for the database at start (default 30)")
+    daemon.add_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.resync_interval <= 0:
+        parser.error("--resync-interval must be positive")
+    # Checked before forking, so a typo is reported on the terminal, not in a log.
+    for dev in (args.physical_bridge, args.physical_interface):
+        try:
+            link_mac(dev)
+        except HostError as e:
+            sys.exit(f"{NAME}: error: {e}")
+
+    d = daemon.Daemon(args, NAME)
+    d.start()
+    try:
+        ovs = ovsdb.connect_ovs(args.ovs or host_ovs.default_remote(), timeout=args.timeout)
+        helper = GatewayHelper(ovs, args.physical_bridge, args.physical_interface,
+                               resync_interval=args.resync_interval)
+        # The first sync runs before we report ready: a bridge that is not an OVS
+        # bridge, or a NIC not in it, fails the start (and a --detach parent with it).
+        helper.sync(force=True)
+    except (HostError, ovsdb.OvsdbError) as e:
+        LOG.error("%s", e)
+        sys.exit(f"{NAME}: error: {e}")
+
+    d.register("gateway/flows", "", 0, 0,
+               lambda conn, _argv: conn.reply("\n".join(helper.applied or ())))
+    d.register("gateway/resync", "", 0, 0,
+               lambda conn, _argv: (helper.resync(), conn.reply(None)))
+    d.register("status", "", 0, 0,
+               lambda conn, _argv: conn.reply(json.dumps(helper.status(), sort_keys=True)))
+    worker = threading.Thread(target=helper.run, name="flows", daemon=True)
+    worker.start()
+    d.ready()
+    LOG.info("keeping shared-NIC flows on %s (NIC %s)", args.physical_bridge,
+             args.physical_interface)
+    d.wait()
+    helper.stop()
+    worker.join(timeout=5)
+    ovs.close()

@@ -18,13 +18,16 @@ from socket import AF_INET, AF_INET6
 from pyroute2 import IPRoute
 
 from ovn_k8s.host import ovs as host_ovs
-from ovn_k8s.host.links import HostError, link_mac, wait_for_link
+from ovn_k8s.host.links import HostError, ip_conf, link_mac, set_ip_conf, wait_for_link
 from ovn_k8s.ovsdb import OvsDb
 
 LOG = logging.getLogger(__name__)
 
 # Remembers which NIC a bridge was made from, so bridge-to-nics can undo it.
 NIC_KEY = "k8s.ovn.org/nic"
+# The NIC's own settings before nics-to-bridge changed them ("key=value,...").
+SAVED_CONF_KEY = "k8s.ovn.org/nic-ipv4-conf"
+DETACHED_CONF = {"rp_filter": "1", "arp_ignore": "8"}
 RT_SCOPE_LINK = 253
 RTPROT_KERNEL = 2
 MAIN_TABLE = 254
@@ -127,12 +130,34 @@ def nics_to_bridge(ovs: OvsDb, nic: str) -> str:
     if any(b.name == nic for b in ovs.rows("Bridge")):
         raise HostError(f"{nic} is itself an OVS bridge; give the NIC's name")
     mac = link_mac(nic)
+    ids = {NIC_KEY: nic}
+    existing = next((b for b in ovs.rows("Bridge") if b.name == bridge), None)
+    if existing is None or SAVED_CONF_KEY not in existing.external_ids:
+        # Saved once, before the first change, so bridge-to-nics restores the original.
+        ids[SAVED_CONF_KEY] = ",".join(f"{k}={ip_conf(nic, k)}" for k in DETACHED_CONF)
     cmds = host_ovs.nic_bridge(ovs, nic, mac)
-    cmds.append(ovs.api.db_set("Bridge", bridge, ("external_ids", {NIC_KEY: nic})))
+    cmds.append(ovs.api.db_set("Bridge", bridge, ("external_ids", ids)))
     ovs.execute(*cmds)
     wait_for_link(bridge)
+    detach_from_host_stack(ovs, nic)
     move_ip_config(nic, bridge)
     return bridge
+
+
+def detach_from_host_stack(ovs: OvsDb, nic: str) -> None:
+    """Keep the host's IP stack off a NIC that the userspace datapath reads.
+
+    The kernel datapath takes a port's packets away from the host; the userspace
+    one reads them through a packet socket and the kernel still sees them. A reply
+    that belongs to OVN's gateway router then also reaches the host (weak host
+    model: the shared address is the host's too, on the bridge), which answers with
+    a RST. Strict reverse-path filtering drops IPv4 arriving on the NIC (the host
+    routes to the sender via the bridge), and arp_ignore=8 stops ARP replies from it.
+    """
+    if host_ovs.external_ids(ovs).get("ovn-bridge-datapath-type") != "netdev":
+        return
+    for key, value in DETACHED_CONF.items():
+        set_ip_conf(nic, key, value)
 
 
 def bridge_to_nics(ovs: OvsDb, name: str) -> str:
@@ -149,6 +174,10 @@ def bridge_to_nics(ovs: OvsDb, name: str) -> str:
     if not nic:
         raise HostError(f"bridge {bridge} was not made by nics-to-bridge; leaving it alone")
     move_ip_config(bridge, nic)
+    for item in row.external_ids.get(SAVED_CONF_KEY, "").split(","):
+        key, _, value = item.partition("=")
+        if key in DETACHED_CONF and value:
+            set_ip_conf(nic, key, value)
     ovs.execute(ovs.api.del_br(bridge, if_exists=True))
     return nic
 

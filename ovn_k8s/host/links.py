@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -37,3 +38,23 @@ def wait_for_link(name: str, timeout: float = 10.0) -> int:
                     "in this network namespace?"
                 )
             time.sleep(0.02)
+
+
+def _ip_conf_path(dev: str, key: str) -> Path:
+    # /proc/sys/net follows the reader's network namespace, as `sysctl` does.
+    return Path("/proc/sys/net/ipv4/conf") / dev / key
+
+
+def ip_conf(dev: str, key: str) -> str:
+    """``net.ipv4.conf.<dev>.<key>``."""
+    try:
+        return _ip_conf_path(dev, key).read_text().strip()
+    except FileNotFoundError as e:
+        raise HostError(f"no network interface {dev!r} on this host") from e
+
+
+def set_ip_conf(dev: str, key: str, value: str) -> None:
+    try:
+        _ip_conf_path(dev, key).write_text(f"{value}\n")
+    except OSError as e:
+        raise HostError(f"cannot set net.ipv4.conf.{dev}.{key}={value}: {e}") from e

@@ -3,8 +3,10 @@ gateway-init and ovn-k8s-gateway-helper, on the lab with real packets."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +14,8 @@ from conftest import new_lab_dir
 from overlay_cli import overlay, run
 from pyroute2 import NetNS
 
+from ovn_k8s import ipam, ovsdb
+from ovn_k8s.host.gateway_flows import CT_ZONE
 from ovn_k8s.sandbox.lab import Lab, LabPod
 
 pytestmark = pytest.mark.lab
@@ -67,6 +71,14 @@ def ip_config(lab: Lab, dev: str) -> tuple[set, set, str | None]:
     return addrs, routes, mac
 
 
+def nic_conf(lab: Lab) -> tuple[str, str]:
+    """(rp_filter, arp_ignore) of the NIC on node2."""
+    return tuple(
+        lab.node("node2").exec(["cat", f"/proc/sys/net/ipv4/conf/{NIC}/{key}"]).stdout.strip()
+        for key in ("rp_filter", "arp_ignore")
+    )
+
+
 def node_reaches(lab: Lab, ip: str) -> bool:
     proc = lab.node("node2").exec(["ping", "-n", "-c", "2", "-i", "0.1", "-W", "2", ip])
     return proc.returncode == 0
@@ -83,7 +95,10 @@ def test_nics_to_bridge_and_back(nic_lab):
     assert addrs == {(NODE_IP, 24)} and routes == {("198.51.100.0", 24, EXTERNAL_HOST)}
     assert node_reaches(lab, EXTERNAL_HOST) and node_reaches(lab, BEYOND)
 
+    original_conf = nic_conf(lab)
     assert util(lab, "nics-to-bridge", NIC).stdout.strip() == f"{NIC} -> {bridge}"
+    # The userspace datapath reads the NIC beside the host stack: keep the host off it.
+    assert nic_conf(lab) == ("1", "8")
     assert ip_config(lab, bridge) == (addrs, routes, mac), "bridge must take address, route, MAC"
     assert ip_config(lab, NIC)[:2] == (set(), set())
     assert node_reaches(lab, EXTERNAL_HOST) and node_reaches(lab, BEYOND)
@@ -109,6 +124,7 @@ def test_nics_to_bridge_and_back(nic_lab):
     assert ip_config(lab, NIC) == (addrs, routes, mac)
     assert ip_config(lab, bridge)[2] is None, "bridge device left behind"
     assert node_reaches(lab, EXTERNAL_HOST) and node_reaches(lab, BEYOND)
+    assert nic_conf(lab) == original_conf
     util(lab, "bridge-to-nics", NIC)  # already undone: fine
     assert ip_config(lab, NIC) == (addrs, routes, mac)
 
@@ -121,3 +137,89 @@ def test_util_bad_input(nic_lab):
     assert "ovn-k8s-util nics-to-bridge: error:" in proc.stderr and "nosuchnic0" in proc.stderr
     assert ip_config(lab, NIC) == before
     assert "brnosuchnic0" not in lab.node("node2").vsctl("list-br").split()
+
+
+def helper_flows(lab: Lab, bridge: str) -> str:
+    return lab.node("node2").exec(["ovs-ofctl", "--no-stats", "dump-flows", bridge]).stdout
+
+
+def wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def pod_on_node1(lab: Lab, name: str, host: int) -> LabPod:
+    subnet = ipam.parse_network(SUBNETS["node1"], "subnet")
+    ip = ipam.nth_host(subnet, host)
+    mac = ipam.mac_from_ip(ip)
+    nb = ovsdb.connect_nb(lab.nb_remote)
+    try:
+        nb.execute(nb.ensure(
+            "Logical_Switch_Port", f"default_{name}", parent=("Logical_Switch", "node1", "ports"),
+            addresses=[f"{mac} {ip}"], port_security=[f"{mac} {ip}"],
+        ))
+    finally:
+        nb.close()
+    pod = lab.add_pod("node1", name, f"{ip}/{subnet.prefixlen}", mac,
+                      gateway=str(ipam.nth_host(subnet, 1)), iface_id=f"default_{name}")
+    lab.wait_port_up(f"default_{name}")
+    return pod
+
+
+def test_bridge_mode_gateway_shares_the_nic(nic_lab, tmp_path):
+    lab, _ = nic_lab
+    bridge = f"br{NIC}"
+    cni = tmp_path / "cni"
+    overlay(lab, "node2", "minion-init", "--cluster-ip-subnet", CLUSTER,
+            "--minion-switch-subnet", SUBNETS["node2"], "--node-name", "node2",
+            "--cni-conf-dir", str(cni / "net.d"), "--cni-bin-dir", str(cni / "bin"))
+    util(lab, "nics-to-bridge", NIC)
+    overlay(lab, "node2", "gateway-init", "--cluster-ip-subnet", CLUSTER,
+            "--bridge-interface", bridge, "--physical-ip", f"{NODE_IP}/24",
+            "--node-name", "node2", "--default-gw", EXTERNAL_HOST)
+    pidfile, ctl = tmp_path / "helper.pid", str(tmp_path / "helper.ctl")
+    run(lab, "node2", "ovn-k8s-gateway-helper", f"--physical-bridge={bridge}",
+        f"--physical-interface={NIC}", f"--pidfile={pidfile}", "--detach",
+        f"--unixctl={ctl}", f"--log-file={tmp_path / 'helper.log'}",
+        "-vconsole:off", "-vfile:info", "--resync-interval=1")
+    pid = int(pidfile.read_text())
+    try:
+        pod = pod_on_node1(lab, "snic-a", 20)
+        # OVN's traffic and the host's share the NIC: both reach the external host,
+        # OVN's SNATed to the shared address.
+        assert pod.ping(EXTERNAL_HOST, count=3), "pod cannot reach the external host"
+        assert pod.tcp_peer(EXTERNAL_HOST, 8080) == NODE_IP
+        assert node_reaches(lab, EXTERNAL_HOST), "host lost the NIC to OVN"
+        assert node_reaches(lab, BEYOND)
+        assert pod.ping(EXTERNAL_HOST, count=2)
+        assert f"ct(commit,zone={CT_ZONE})" in helper_flows(lab, bridge)
+
+        # Flows wiped by hand come back by the next resync.
+        lab.node("node2").exec(["ovs-ofctl", "del-flows", bridge])
+        wait_for(lambda: f"ct(commit,zone={CT_ZONE})" in helper_flows(lab, bridge), 10)
+        assert pod.tcp_peer(EXTERNAL_HOST, 8080) == NODE_IP
+
+        status = lab.node("node2").exec(["ovs-appctl", "-t", ctl, "status"])
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["errors"] == 0
+    finally:
+        lab.node("node2").exec(["ovs-appctl", "-t", ctl, "exit"])
+    wait_for(lambda: not running(pid), 10)
+
+
+def test_gateway_helper_bad_input(nic_lab):
+    lab, _ = nic_lab
+    proc = run(lab, "node2", "ovn-k8s-gateway-helper", "--physical-bridge=brnope0",
+               f"--physical-interface={NIC}", check=False)
+    assert proc.returncode == 1
+    assert "ovn-k8s-gateway-helper: error: no network interface 'brnope0'" in proc.stderr
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
