@@ -179,12 +179,14 @@ def test_bridge_mode_gateway_shares_the_nic(nic_lab, tmp_path):
     overlay(lab, "node2", "gateway-init", "--cluster-ip-subnet", CLUSTER,
             "--bridge-interface", bridge, "--physical-ip", f"{NODE_IP}/24",
             "--node-name", "node2", "--default-gw", EXTERNAL_HOST)
-    pidfile, ctl = tmp_path / "helper.pid", str(tmp_path / "helper.ctl")
+    # As an operator runs it: default pidfile and control socket in $OVS_RUNDIR,
+    # reached with `ovs-appctl -t ovn-k8s-gateway-helper`.
+    ctl = "ovn-k8s-gateway-helper"
     run(lab, "node2", "ovn-k8s-gateway-helper", f"--physical-bridge={bridge}",
-        f"--physical-interface={NIC}", f"--pidfile={pidfile}", "--detach",
-        f"--unixctl={ctl}", f"--log-file={tmp_path / 'helper.log'}",
-        "-vconsole:off", "-vfile:info", "--resync-interval=1")
-    pid = int(pidfile.read_text())
+        f"--physical-interface={NIC}", "--pidfile", "--detach",
+        f"--log-file={tmp_path / 'helper.log'}", "-vconsole:emer", "-vfile:info",
+        "--resync-interval=1")
+    pid = int((lab.node("node2").rundir / "ovn-k8s-gateway-helper.pid").read_text())
     try:
         pod = pod_on_node1(lab, "snic-a", 20)
         # OVN's traffic and the host's share the NIC: both reach the external host,
