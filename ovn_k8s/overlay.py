@@ -8,12 +8,15 @@ nothing. The command module only turns flags into the specs used here.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import netaddr
+import urllib3
 
-from ovn_k8s import ipam, topology
+from ovn_k8s import annotations, ipam, topology
 from ovn_k8s.cni import install as cni_install
 from ovn_k8s.host import bridge as host_bridge
 from ovn_k8s.host import management
@@ -92,6 +95,53 @@ def minion_init(
     )
     for path in cni_install.install(cni_conf_dir, cni_bin_dir, spec.mtu):
         LOG.info("wrote %s", path)
+
+
+def wait_node_subnet(api: Any, node: str, timeout: float) -> netaddr.IPNetwork:
+    """The subnet the watcher allocated to ``node``, waiting for its annotation.
+
+    Watches the one Node from the list's resourceVersion, so an annotation written
+    between the list and the watch is not missed; API outages are retried until
+    the deadline, a malformed annotation fails at once.
+    """
+    from kubernetes import client, watch  # noqa: PLC0415 - only this path needs the client
+    from kubernetes.client.rest import ApiException  # noqa: PLC0415
+
+    v1 = client.CoreV1Api(api)
+    selector = f"metadata.name={node}"
+    deadline = time.monotonic() + timeout
+    last_error = "the node is not registered yet"
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            listed = v1.list_node(field_selector=selector, _request_timeout=remaining)
+            for item in listed.items:
+                if (subnet := annotations.node_subnet(item.metadata.annotations)) is not None:
+                    return subnet
+                last_error = f"node {node} has no {annotations.NODE_SUBNETS} annotation yet"
+            stream = watch.Watch().stream(
+                v1.list_node, field_selector=selector,
+                resource_version=listed.metadata.resource_version,
+                timeout_seconds=max(1, int(remaining)), _request_timeout=remaining + 5,
+            )
+            for event in stream:
+                obj = event["object"]
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    subnet = annotations.node_subnet(obj.metadata.annotations)
+                    if subnet is not None:
+                        return subnet
+        except annotations.AnnotationError as e:
+            raise SetupError(f"node {node}: {e}") from e
+        except ApiException as e:
+            if e.status in (401, 403):
+                raise SetupError(f"the Kubernetes API refused us ({e.status} {e.reason})") from e
+            last_error = f"Kubernetes API error {e.status} {e.reason}"
+        except (OSError, urllib3.exceptions.HTTPError) as e:
+            last_error = f"Kubernetes API unreachable: {e}"
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    raise SetupError(
+        f"no subnet for node {node} after {timeout:g}s ({last_error}); is ovn-k8s-watcher "
+        f"running? Or give --minion-switch-subnet"
+    )
 
 
 def _require_cluster_router(nb: NbDb) -> None:

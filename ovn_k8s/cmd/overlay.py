@@ -37,7 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     master.add_argument("--master-switch-subnet", required=True, help="the master's node subnet")
     minion = sub.add_parser("minion-init", parents=[common, node],
                             help="node switch, management port, CNI config and plugin")
-    minion.add_argument("--minion-switch-subnet", required=True, help="this node's subnet")
+    minion.add_argument("--minion-switch-subnet",
+                        help="this node's subnet (default: wait for the one ovn-k8s-watcher "
+                             "allocates, in the Node's k8s.ovn.org/node-subnets annotation)")
+    minion.add_argument("--kubeconfig", help="Kubernetes access when waiting for the subnet "
+                                             "(default: in-cluster, then external_ids)")
+    minion.add_argument("--subnet-timeout", type=float, default=300.0,
+                        help="seconds to wait for the node subnet annotation (default 300)")
     minion.add_argument("--cni-conf-dir", help="default /etc/cni/net.d")
     minion.add_argument("--cni-bin-dir", help="default /opt/cni/bin")
     gateway = sub.add_parser("gateway-init", parents=[common], help="GR_<node> and ext_<node>")
@@ -60,14 +66,17 @@ def _run(args: argparse.Namespace) -> None:
         join_subnet=ipam.parse_network(settings.require("join_subnet"), "--join-subnet"),
     )
     topology.check_node_name(args.node_name)
-    if args.command in ("master-init", "minion-init"):
-        flag = "master-switch-subnet" if args.command == "master-init" else "minion-switch-subnet"
-        spec = overlay.NodeSpec(
-            node=args.node_name,
-            subnet=ipam.parse_network(getattr(args, flag.replace("-", "_")), f"--{flag}"),
-            mtu=settings.integer("mtu", 576, 65535),
-        )
-    else:
+    mtu = settings.integer("mtu", 576, 65535) if args.command != "gateway-init" else 0
+    spec = None
+    if args.command == "master-init":
+        spec = overlay.NodeSpec(node=args.node_name, mtu=mtu, subnet=ipam.parse_network(
+            args.master_switch_subnet, "--master-switch-subnet"))
+    elif args.minion_switch_subnet is not None:
+        spec = overlay.NodeSpec(node=args.node_name, mtu=mtu, subnet=ipam.parse_network(
+            args.minion_switch_subnet, "--minion-switch-subnet"))
+    elif args.subnet_timeout <= 0:
+        raise ValueError("--subnet-timeout must be positive")
+    if args.command == "gateway-init":
         gw_spec = overlay.GatewayHostSpec(
             node=args.node_name,
             physical_ip=ipam.parse_interface_address(args.physical_ip, "--physical-ip"),
@@ -80,6 +89,16 @@ def _run(args: argparse.Namespace) -> None:
 
     ovs = ovsdb.connect_ovs(args.ovs or host_ovs.default_remote(), timeout=args.timeout)
     settings.external_ids = host_ovs.external_ids(ovs)
+    if args.command == "minion-init" and spec is None:
+        # Imported here: the client costs ~0.3 s, and only this path talks to Kubernetes.
+        from ovn_k8s.kube import client as kube_client  # noqa: PLC0415
+
+        api = kube_client.api_client(settings, kubeconfig=args.kubeconfig)
+        try:
+            subnet = overlay.wait_node_subnet(api, args.node_name, args.subnet_timeout)
+        finally:
+            api.close()
+        spec = overlay.NodeSpec(node=args.node_name, subnet=subnet, mtu=mtu)
     nb = ovsdb.connect_nb(settings.require("nb"), timeout=args.timeout)
     try:
         if args.command == "master-init":

@@ -1255,6 +1255,48 @@ class Lab:
         self._save()
         return host
 
+    def connect_host(self) -> str:
+        """Make an address of the host netns reachable from every node; returns it.
+
+        Lets a server run in the test process (the Kubernetes API emulator, say) be
+        reached by commands run on the nodes, as an API server is from real nodes.
+        A bridge ``<prefix>-hb`` in the host netns holds the address (one /24 per lab,
+        chosen so concurrent labs do not clash); each node gets ``hostlink``. Idempotent.
+        """
+        saved = self._state.get("host_link")
+        if saved:
+            return str(saved["host_ip"])
+        bridge = f"{self.prefix}-hb"
+        with _ipr() as ipr:
+            used = {ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
+                    for a in ipr.get_addr(family=socket.AF_INET)}
+            start = int(self.prefix[len(PREFIX_BASE):], 16)
+            subnet = next(
+                net for k in range(250)
+                if not any((net := ipaddress.ip_network(f"10.254.{(start + k) % 250 + 1}.0/24"))
+                           .overlaps(u) for u in used)
+            )
+            host_ip = subnet.network_address + 1
+            ipr.link("add", ifname=bridge, kind="bridge")
+            (br,) = ipr.link_lookup(ifname=bridge)
+            ipr.addr("add", index=br, address=str(host_ip), prefixlen=subnet.prefixlen)
+            ipr.link("set", index=br, state="up")
+            for n in self.nodes:
+                host_end = f"{self.prefix}-h{n.index}"
+                ipr.link("add", ifname=host_end, kind="veth",
+                         peer={"ifname": "hostlink", "net_ns_fd": n.netns})
+                (idx,) = ipr.link_lookup(ifname=host_end)
+                ipr.link("set", index=idx, master=br, state="up")
+                with _ipr(n.netns) as nipr:
+                    (nidx,) = nipr.link_lookup(ifname="hostlink")
+                    nipr.addr("add", index=nidx, address=str(subnet.network_address + 10 + n.index),
+                              prefixlen=subnet.prefixlen)
+                    nipr.link("set", index=nidx, state="up")
+        with self._lock:
+            self._state["host_link"] = {"subnet": str(subnet), "host_ip": str(host_ip)}
+            self._save()
+        return str(host_ip)
+
     def _pod_port_name(self, name: str) -> str:
         used = {p.port for p in self.pods.values()}
         for salt in range(1000):
