@@ -71,11 +71,12 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "master-init":
         spec = overlay.NodeSpec(node=args.node_name, mtu=mtu, subnet=ipam.parse_network(
             args.master_switch_subnet, "--master-switch-subnet"))
-    elif args.minion_switch_subnet is not None:
-        spec = overlay.NodeSpec(node=args.node_name, mtu=mtu, subnet=ipam.parse_network(
-            args.minion_switch_subnet, "--minion-switch-subnet"))
-    elif args.subnet_timeout <= 0:
-        raise ValueError("--subnet-timeout must be positive")
+    elif args.command == "minion-init":
+        if args.minion_switch_subnet is not None:
+            spec = overlay.NodeSpec(node=args.node_name, mtu=mtu, subnet=ipam.parse_network(
+                args.minion_switch_subnet, "--minion-switch-subnet"))
+        elif args.subnet_timeout <= 0:
+            raise ValueError("--subnet-timeout must be positive")
     if args.command == "gateway-init":
         gw_spec = overlay.GatewayHostSpec(
             node=args.node_name,

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ovn_k8s.host import gateway_flows
 from ovn_k8s.host.gateway_flows import NodePort
@@ -24,6 +25,28 @@ LOG = logging.getLogger(__name__)
 
 # How often the OVSDB replica is checked for port changes; it is in memory, so cheap.
 POLL_INTERVAL = 0.5
+
+
+def service_nodeports(services: Iterable[Mapping[str, Any]]) -> set[NodePort]:
+    """The NodePorts of every NodePort and LoadBalancer service (raw API dicts)."""
+    found = set()
+    for svc in services:
+        spec = svc.get("spec") or {}
+        if spec.get("type") not in ("NodePort", "LoadBalancer"):
+            continue
+        for port in spec.get("ports") or ():
+            number = port.get("nodePort")
+            protocol = str(port.get("protocol") or "TCP").lower()
+            if not number:
+                continue
+            try:
+                found.add(NodePort(protocol, int(number)))
+            except (ValueError, TypeError):
+                # The API server validates these; one odd object must not stop the rest.
+                LOG.warning("service %s/%s: ignoring nodePort %r/%s",
+                            (svc.get("metadata") or {}).get("namespace"),
+                            (svc.get("metadata") or {}).get("name"), number, protocol)
+    return found
 
 
 class GatewayHelper:

@@ -3,19 +3,23 @@ gateway-init and ovn-k8s-gateway-helper, on the lab with real packets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import new_lab_dir
+from kubernetes import client
 from overlay_cli import overlay, run
 from pyroute2 import NetNS
 
-from ovn_k8s import ipam, ovsdb
+from ovn_k8s import ipam, ovsdb, topology
 from ovn_k8s.host.gateway_flows import CT_ZONE
+from ovn_k8s.sandbox.apiserver import ApiServer
 from ovn_k8s.sandbox.lab import Lab, LabPod
 
 pytestmark = pytest.mark.lab
@@ -27,6 +31,7 @@ NODE_IP = "10.40.0.10"
 EXTERNAL_HOST = "10.40.0.1"
 BEYOND = "198.51.100.9"  # on the external host's lo; the node routes to it via the host
 BEYOND_NET = "198.51.100.0/24"
+HELPER = "ovn-k8s-gateway-helper"
 
 
 @pytest.fixture(scope="module")
@@ -168,26 +173,40 @@ def pod_on_node1(lab: Lab, name: str, host: int) -> LabPod:
     return pod
 
 
-def test_bridge_mode_gateway_shares_the_nic(nic_lab, tmp_path):
-    lab, _ = nic_lab
-    bridge = f"br{NIC}"
-    cni = tmp_path / "cni"
+@pytest.fixture(scope="module")
+def bridge_gateway(nic_lab, tmp_path_factory):
+    """node2 as a bridge-mode gateway: minion-init, nics-to-bridge, gateway-init."""
+    lab, host = nic_lab
+    cni = tmp_path_factory.mktemp("cni")
     overlay(lab, "node2", "minion-init", "--cluster-ip-subnet", CLUSTER,
             "--minion-switch-subnet", SUBNETS["node2"], "--node-name", "node2",
             "--cni-conf-dir", str(cni / "net.d"), "--cni-bin-dir", str(cni / "bin"))
     util(lab, "nics-to-bridge", NIC)
     overlay(lab, "node2", "gateway-init", "--cluster-ip-subnet", CLUSTER,
-            "--bridge-interface", bridge, "--physical-ip", f"{NODE_IP}/24",
+            "--bridge-interface", f"br{NIC}", "--physical-ip", f"{NODE_IP}/24",
             "--node-name", "node2", "--default-gw", EXTERNAL_HOST)
-    # As an operator runs it: default pidfile and control socket in $OVS_RUNDIR,
-    # reached with `ovs-appctl -t ovn-k8s-gateway-helper`.
-    ctl = "ovn-k8s-gateway-helper"
-    run(lab, "node2", "ovn-k8s-gateway-helper", f"--physical-bridge={bridge}",
-        f"--physical-interface={NIC}", "--pidfile", "--detach",
-        f"--log-file={tmp_path / 'helper.log'}", "-vconsole:emer", "-vfile:info",
-        "--resync-interval=1")
-    pid = int((lab.node("node2").rundir / "ovn-k8s-gateway-helper.pid").read_text())
+    return lab, host
+
+
+@contextlib.contextmanager
+def gateway_helper(lab: Lab, log: Path, *extra: str) -> Iterator[int]:
+    """The helper as an operator runs it: default pidfile and control socket in
+    $OVS_RUNDIR, reached with `ovs-appctl -t ovn-k8s-gateway-helper`; stopped after."""
+    run(lab, "node2", HELPER, f"--physical-bridge=br{NIC}", f"--physical-interface={NIC}",
+        "--pidfile", "--detach", f"--log-file={log}", "-vconsole:emer", "-vfile:info",
+        "--resync-interval=1", *extra)
+    pid = int((lab.node("node2").rundir / f"{HELPER}.pid").read_text())
     try:
+        yield pid
+    finally:
+        lab.node("node2").exec(["ovs-appctl", "-t", HELPER, "exit"])
+        wait_for(lambda: not running(pid), 10)
+
+
+def test_bridge_mode_gateway_shares_the_nic(bridge_gateway, tmp_path):
+    lab, _ = bridge_gateway
+    bridge = f"br{NIC}"
+    with gateway_helper(lab, tmp_path / "helper.log"):
         pod = pod_on_node1(lab, "snic-a", 20)
         # OVN's traffic and the host's share the NIC: both reach the external host,
         # OVN's SNATed to the shared address.
@@ -203,12 +222,51 @@ def test_bridge_mode_gateway_shares_the_nic(nic_lab, tmp_path):
         wait_for(lambda: f"ct(commit,zone={CT_ZONE})" in helper_flows(lab, bridge), 10)
         assert pod.tcp_peer(EXTERNAL_HOST, 8080) == NODE_IP
 
-        status = lab.node("node2").exec(["ovs-appctl", "-t", ctl, "status"])
+        status = lab.node("node2").exec(["ovs-appctl", "-t", HELPER, "status"])
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["errors"] == 0
-    finally:
-        lab.node("node2").exec(["ovs-appctl", "-t", ctl, "exit"])
-    wait_for(lambda: not running(pid), 10)
+        lab.del_pod(pod)
+
+
+def test_nodeports_follow_services(bridge_gateway, tmp_path):
+    lab, host = bridge_gateway
+    bridge = f"br{NIC}"
+    with ApiServer(host=lab.connect_host()) as srv:
+        lab.node("node2").vsctl(
+            "set", "Open_vSwitch", ".",
+            f"external_ids:k8s-api-server={srv.url.removeprefix('http://')}",
+            f"external_ids:k8s-api-token={srv.token}")
+        v1 = client.CoreV1Api(srv.api_client())
+        backend = pod_on_node1(lab, "snic-np", 21)
+        backend.serve_tcp(8080)
+        # What the service handler (issue 7) will write: the NodePort VIP on the GR.
+        nb = ovsdb.connect_nb(lab.nb_remote)
+        lb = topology.gateway_lb_name("node2", "tcp")
+        nb.execute(nb.api.lb_add(lb, f"{NODE_IP}:30080", [f"{backend.address}:8080"],
+                                 protocol="tcp", may_exist=True))
+        try:
+            with gateway_helper(lab, tmp_path / "helper.log"):
+                assert "tp_dst=30080" not in helper_flows(lab, bridge)
+                v1.create_namespaced_service("default", {
+                    "metadata": {"name": "web"},
+                    "spec": {"type": "NodePort", "selector": {"app": "web"},
+                             "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]},
+                })
+                wait_for(lambda: "tp_dst=30080" in helper_flows(lab, bridge), 10)
+                # From outside, the NodePort reaches the pod through OVN; the host's
+                # own traffic on the NIC still works.
+                assert host.tcp_check(NODE_IP, 30080), "NodePort did not reach the pod"
+                assert node_reaches(lab, EXTERNAL_HOST)
+
+                v1.delete_namespaced_service("web", "default")
+                wait_for(lambda: "tp_dst=30080" not in helper_flows(lab, bridge), 10)
+                assert not host.tcp_check(NODE_IP, 30080, timeout=1)
+        finally:
+            nb.execute(nb.api.lb_del(lb, f"{NODE_IP}:30080", if_exists=True))
+            nb.close()
+            lab.del_pod(backend)
+            lab.node("node2").vsctl("remove", "Open_vSwitch", ".", "external_ids",
+                                    "k8s-api-server", "k8s-api-token")
 
 
 def test_gateway_helper_bad_input(nic_lab):
