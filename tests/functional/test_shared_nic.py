@@ -258,8 +258,21 @@ def test_nodeports_follow_services(bridge_gateway, tmp_path):
                 assert host.tcp_check(NODE_IP, 30080), "NodePort did not reach the pod"
                 assert node_reaches(lab, EXTERNAL_HOST)
 
+                # After a broken watch and a compacted history (410 on re-watch) the
+                # helper relists and still follows the services.
+                srv.drop_watches()
+                srv.compact()
+                v1.create_namespaced_service("default", {
+                    "metadata": {"name": "dns"},
+                    "spec": {"type": "LoadBalancer", "selector": {"app": "dns"},
+                             "ports": [{"port": 53, "protocol": "UDP", "nodePort": 30053}]},
+                })
+                wait_for(lambda: any("udp" in f and "tp_dst=30053" in f
+                                     for f in helper_flows(lab, bridge).splitlines()), 15)
+
                 v1.delete_namespaced_service("web", "default")
                 wait_for(lambda: "tp_dst=30080" not in helper_flows(lab, bridge), 10)
+                assert "tp_dst=30053" in helper_flows(lab, bridge)
                 assert not host.tcp_check(NODE_IP, 30080, timeout=1)
         finally:
             nb.execute(nb.api.lb_del(lb, f"{NODE_IP}:30080", if_exists=True))
