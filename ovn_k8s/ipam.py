@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
 import netaddr
@@ -84,3 +85,104 @@ def nth_host(net: netaddr.IPNetwork, n: int) -> netaddr.IPAddress:
     if not 0 < n < net.size - 1:
         raise AddressError(f"{net} has no host number {n}")
     return netaddr.IPAddress(net.first + n, net.version)
+
+
+class ExhaustedError(AddressError):
+    """No free address or subnet is left."""
+
+
+class SubnetAllocator:
+    """Node subnets of ``host_prefix`` carved from the cluster subnets, lowest first.
+
+    Rebuilt at start by reserving every subnet already in node annotations and NB, so
+    a restart never hands out a subnet twice. Not thread-safe: one handler owns it.
+    """
+
+    def __init__(self, cluster_subnets: Iterable[netaddr.IPNetwork], host_prefix: int) -> None:
+        self.cluster_subnets = tuple(cluster_subnets)
+        for net in self.cluster_subnets:
+            if not net.prefixlen <= host_prefix <= 30:
+                raise AddressError(
+                    f"host prefix /{host_prefix} does not fit cluster subnet {net} "
+                    f"(must be between /{net.prefixlen} and /30)")
+        self.host_prefix = host_prefix
+        self._used: set[netaddr.IPNetwork] = set()
+
+    def _blocks(self, subnet: netaddr.IPNetwork) -> list[netaddr.IPNetwork]:
+        if subnet.prefixlen >= self.host_prefix:
+            return [netaddr.IPNetwork(f"{subnet.network}/{self.host_prefix}").cidr]
+        return list(subnet.subnet(self.host_prefix))
+
+    def reserve(self, subnet: netaddr.IPNetwork) -> None:
+        """Mark ``subnet`` (any size) as taken; outside the cluster subnets is an error."""
+        if not any(subnet in net for net in self.cluster_subnets):
+            raise AddressError(f"node subnet {subnet} is not inside the cluster subnet")
+        self._used.update(self._blocks(subnet))
+
+    def release(self, subnet: netaddr.IPNetwork) -> None:
+        self._used.difference_update(self._blocks(subnet))
+
+    def allocate(self) -> netaddr.IPNetwork:
+        for net in self.cluster_subnets:
+            for block in net.subnet(self.host_prefix):
+                if block not in self._used:
+                    self._used.add(block)
+                    return block
+        raise ExhaustedError(
+            f"no free /{self.host_prefix} left in {', '.join(map(str, self.cluster_subnets))}")
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+
+class AddressPool:
+    """Pod addresses of one node subnet, lowest free first.
+
+    The network and broadcast addresses, the gateway (.1) and the management port
+    (.2) are never handed out.
+    """
+
+    FIRST_POD_OFFSET = 3
+
+    def __init__(self, subnet: netaddr.IPNetwork) -> None:
+        self.subnet = subnet
+        self._base = int(subnet.network)
+        last = subnet.size - 2  # the broadcast address is not a pod's
+        self._free = list(range(self.FIRST_POD_OFFSET, last + 1))  # a heap (sorted already)
+        self._taken: set[int] = set()
+
+    def _offset(self, ip: netaddr.IPAddress) -> int:
+        if ip not in self.subnet:
+            raise AddressError(f"{ip} is not in node subnet {self.subnet}")
+        return int(ip) - self._base
+
+    def reserve(self, ip: netaddr.IPAddress) -> bool:
+        """Mark ``ip`` as taken; False if it already was (a duplicate to resolve)."""
+        offset = self._offset(ip)
+        if offset in self._taken:
+            return False
+        self._taken.add(offset)
+        return True
+
+    def release(self, ip: netaddr.IPAddress) -> None:
+        offset = self._offset(ip)
+        if offset in self._taken:
+            self._taken.discard(offset)
+            if self.FIRST_POD_OFFSET <= offset <= self.subnet.size - 2:
+                heapq.heappush(self._free, offset)
+
+    def allocate(self) -> netaddr.IPAddress:
+        # Lazily skip offsets reserved since they were pushed (reserve does not pop).
+        while self._free:
+            offset = heapq.heappop(self._free)
+            if offset not in self._taken:
+                self._taken.add(offset)
+                return netaddr.IPAddress(self._base + offset)
+        raise ExhaustedError(f"node subnet {self.subnet} has no free address left")
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, netaddr.IPAddress) and ip in self.subnet and (
+            int(ip) - self._base) in self._taken
+
+    def __len__(self) -> int:
+        return len(self._taken)

@@ -58,3 +58,45 @@ def test_node_names(name):
 def test_good_node_names():
     for name in ("kube-master", "node1.example.com", "a", "k8s-minion-2"):
         assert topology.check_node_name(name) == name
+
+
+def test_subnet_allocator_lowest_free_and_reserve():
+    alloc = ipam.SubnetAllocator([netaddr.IPNetwork("10.128.0.0/22")], 24)
+    alloc.reserve(netaddr.IPNetwork("10.128.1.0/24"))  # from an annotation at start
+    assert alloc.allocate() == netaddr.IPNetwork("10.128.0.0/24")
+    assert alloc.allocate() == netaddr.IPNetwork("10.128.2.0/24")
+    alloc.release(netaddr.IPNetwork("10.128.0.0/24"))
+    assert alloc.allocate() == netaddr.IPNetwork("10.128.0.0/24")
+    assert alloc.allocate() == netaddr.IPNetwork("10.128.3.0/24")
+    with pytest.raises(ipam.ExhaustedError, match="no free /24 left in 10.128.0.0/22"):
+        alloc.allocate()
+
+
+def test_subnet_allocator_larger_reservation_blocks_all_its_parts():
+    alloc = ipam.SubnetAllocator([netaddr.IPNetwork("10.128.0.0/22")], 24)
+    alloc.reserve(netaddr.IPNetwork("10.128.0.0/23"))  # minion-init given a /23
+    assert alloc.allocate() == netaddr.IPNetwork("10.128.2.0/24")
+    with pytest.raises(ipam.AddressError, match="not inside the cluster subnet"):
+        alloc.reserve(netaddr.IPNetwork("10.200.0.0/24"))
+    with pytest.raises(ipam.AddressError, match="host prefix /31"):
+        ipam.SubnetAllocator([netaddr.IPNetwork("10.128.0.0/22")], 31)
+
+
+def test_address_pool_skips_gateway_mgmt_and_broadcast():
+    pool = ipam.AddressPool(netaddr.IPNetwork("10.128.1.0/29"))
+    got = [str(pool.allocate()) for _ in range(4)]
+    assert got == ["10.128.1.3", "10.128.1.4", "10.128.1.5", "10.128.1.6"]
+    with pytest.raises(ipam.ExhaustedError, match="10.128.1.0/29"):
+        pool.allocate()
+    pool.release(netaddr.IPAddress("10.128.1.4"))
+    assert str(pool.allocate()) == "10.128.1.4"
+
+
+def test_address_pool_reserve_detects_duplicates_and_is_honoured():
+    pool = ipam.AddressPool(netaddr.IPNetwork("10.128.1.0/24"))
+    assert pool.reserve(netaddr.IPAddress("10.128.1.3"))
+    assert not pool.reserve(netaddr.IPAddress("10.128.1.3"))
+    assert str(pool.allocate()) == "10.128.1.4"
+    assert netaddr.IPAddress("10.128.1.3") in pool and len(pool) == 2
+    with pytest.raises(ipam.AddressError, match="not in node subnet"):
+        pool.reserve(netaddr.IPAddress("10.128.2.3"))
