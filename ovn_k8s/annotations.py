@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 
 import netaddr
 
@@ -35,3 +37,58 @@ def node_subnet(annotations: dict[str, str] | None) -> netaddr.IPNetwork | None:
 
 def format_node_subnet(subnet: netaddr.IPNetwork) -> str:
     return json.dumps({"default": str(subnet)})
+
+
+# The pod's network, written by the watcher and read by the CNI plugin:
+# {"ip_address": "10.128.1.5/24", "mac_address": "0a:58:0a:80:01:05",
+#  "gateway_ip": "10.128.1.1", "ip_addresses": [...], "gateway_ips": [...], "routes": [...]}
+# The singular fields are the lineage's contract; the lists make room for dual stack.
+POD_NETWORK = "ovn"
+
+
+@dataclass(frozen=True)
+class PodNetwork:
+    ip: netaddr.IPNetwork  # address with the node subnet's prefix length
+    mac: str
+    gateway: netaddr.IPAddress
+    routes: tuple[dict[str, str], ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "ip_address": str(self.ip),
+            "mac_address": self.mac,
+            "gateway_ip": str(self.gateway),
+            "ip_addresses": [str(self.ip)],
+            "gateway_ips": [str(self.gateway)],
+            "routes": list(self.routes),
+        }, separators=(",", ":"))
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def pod_network(annotations: dict[str, str] | None) -> PodNetwork | None:
+    """The pod's ``ovn`` annotation, or None when it has none yet."""
+    raw = (annotations or {}).get(POD_NETWORK)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise AnnotationError(f"{POD_NETWORK} annotation is not JSON: {raw[:200]!r}") from e
+    if not isinstance(value, dict):
+        raise AnnotationError(f"{POD_NETWORK} annotation is not a JSON object")
+    try:
+        ip = ipam.parse_interface_address(str(value["ip_address"]), "ip_address")
+        gateway = ipam.parse_address(str(value["gateway_ip"]), "gateway_ip")
+        mac = str(value["mac_address"]).lower()
+    except KeyError as e:
+        raise AnnotationError(f"{POD_NETWORK} annotation has no {e.args[0]}") from None
+    except ipam.AddressError as e:
+        raise AnnotationError(f"{POD_NETWORK} annotation: {e}") from None
+    if not _MAC.match(mac):
+        raise AnnotationError(f"{POD_NETWORK} annotation: mac_address {mac!r} is not a MAC")
+    routes = value.get("routes") or []
+    if not isinstance(routes, list) or not all(isinstance(r, dict) for r in routes):
+        raise AnnotationError(f"{POD_NETWORK} annotation: routes must be a list of objects")
+    return PodNetwork(ip=ip, mac=mac, gateway=gateway, routes=tuple(routes))

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, str] = {
     "cni_conf_dir": "/etc/cni/net.d",
     "cni_bin_dir": "/opt/cni/bin",
     "join_subnet": "100.64.0.0/16",
+    "host_prefix": "24",
 }
 
 # Config keys that fall back to an Open_vSwitch external_ids key, as in the lineage.

@@ -1,0 +1,267 @@
+"""Pods: an address from the node's subnet, a logical switch port, the ``ovn`` annotation.
+
+A pod is wired when it is scheduled (``spec.nodeName``), not ``hostNetwork`` and not
+terminal. Its address comes from, in order: its ``ovn`` annotation (a pod keeps its
+addresses across our restarts), the port we already made for this pod UID (a crash
+between the NB commit and the annotation), else the lowest free address of its node.
+
+Work comes in batches from the queue: one NB transaction for every port of the batch,
+then the annotations, written in parallel. A pod's address is released only after the
+transaction that deleted its port, so it is never in two ports at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import netaddr
+
+from ovn_k8s import annotations, ipam, translate
+from ovn_k8s.ovsdb import NbDb
+
+LOG = logging.getLogger(__name__)
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Held:
+    """The address a pod (one UID) holds in its node's pool."""
+
+    uid: str
+    node: str
+    ip: netaddr.IPAddress
+
+
+def is_wired(pod: dict[str, Any] | None) -> bool:
+    if pod is None:
+        return False
+    spec = pod.get("spec") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return bool(spec.get("nodeName")) and not spec.get("hostNetwork") and (
+        phase not in TERMINAL_PHASES)
+
+
+class PodHandler:
+    def __init__(
+        self,
+        nb: NbDb,
+        cache: Any,
+        patch_pod: Callable[[str, str, dict[str, Any]], Any],
+        subnet_of: Callable[[str], netaddr.IPNetwork | None],
+        *,
+        patch_workers: int = 8,
+    ) -> None:
+        self.nb = nb
+        self.cache = cache
+        self.patch_pod = patch_pod
+        self.subnet_of = subnet_of
+        self._pools: dict[str, ipam.AddressPool] = {}
+        self._held: dict[str, Held] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self._patcher = ThreadPoolExecutor(patch_workers, thread_name_prefix="annotate")
+        self._lock = threading.Lock()  # the pools are also read by status()
+        self.counters = {"ports_created": 0, "ports_deleted": 0, "annotated": 0,
+                         "transactions": 0}
+
+    def close(self) -> None:
+        self._patcher.shutdown(wait=True)
+
+    def _report_once(self, key: str, message: str) -> None:
+        if (key, message) not in self._reported:
+            self._reported.add((key, message))
+            LOG.error("pod %s: %s", key, message)
+
+    def _pool(self, node: str) -> ipam.AddressPool | None:
+        subnet = self.subnet_of(node)
+        if subnet is None:
+            return None
+        pool = self._pools.get(node)
+        if pool is None or pool.subnet != subnet:
+            pool = self._pools[node] = ipam.AddressPool(subnet)
+        return pool
+
+    def _hold(self, key: str, held: Held) -> bool:
+        """Reserve ``held.ip`` for ``key``; False if another pod holds it."""
+        if self._held.get(key) == held:
+            return True
+        pool = self._pool(held.node)
+        if pool is None or held.ip not in pool.subnet:
+            return False
+        if not pool.reserve(held.ip):
+            owner = next((k for k, h in self._held.items()
+                          if h.ip == held.ip and h.node == held.node), None)
+            if owner not in (None, key):
+                return False
+        self._release(key)
+        self._held[key] = held
+        return True
+
+    def _release(self, key: str) -> None:
+        held = self._held.pop(key, None)
+        if held is not None:
+            pool = self._pools.get(held.node)
+            if pool is not None and held.ip in pool.subnet:
+                pool.release(held.ip)
+
+    # ---- start-up ----------------------------------------------------------------------
+
+    def startup(self) -> list[str]:
+        """Reserve every address in use; returns the keys of stale ports (no such pod).
+
+        Annotated addresses are reserved first, completed pods included (their key
+        is queued and releases them), then the addresses of ports whose annotation
+        never got written.
+        """
+        ports = translate.owned_pod_ports(self.nb)
+        for key, pod in self.cache.items():
+            node = (pod.get("spec") or {}).get("nodeName")
+            if not node:
+                continue
+            try:
+                net = annotations.pod_network((pod.get("metadata") or {}).get("annotations"))
+            except annotations.AnnotationError as e:
+                self._report_once(key, f"{e}; it will get a new one")
+                continue
+            if net is not None and not self._hold(key, Held(pod["metadata"]["uid"], node,
+                                                            net.ip.ip)):
+                self._report_once(key, f"its address {net.ip.ip} is not free on node {node}")
+        for key, row in ports.items():
+            pod = self.cache.get(key)
+            if pod is None or key in self._held:
+                continue
+            node = row.options.get("requested-chassis")
+            ip = translate.port_address(row)
+            uid = row.external_ids.get(translate.UID)
+            if node and ip is not None and uid == pod["metadata"].get("uid"):
+                self._hold(key, Held(uid, node, ip))
+        return sorted(k for k in ports if k not in self.cache)
+
+    # ---- events ------------------------------------------------------------------------
+
+    def handle_batch(self, keys: list[str]) -> list[str]:
+        """Bring every pod of ``keys`` to its wanted state; returns the keys that failed."""
+        cmds: list[Any] = []
+        in_txn: list[str] = []
+        patches: list[tuple[str, dict[str, Any], str]] = []
+        release_after: list[str] = []
+        failed: list[str] = []
+        new_holds: list[str] = []
+        for key in keys:
+            pod = self.cache.get(key)
+            if not is_wired(pod):
+                self._plan_removal(key, pod, cmds, in_txn, release_after)
+                continue
+            try:
+                plan = self._plan_port(key, pod, new_holds)
+            except ipam.AddressError as e:
+                self._report_once(key, str(e))
+                failed.append(key)
+                continue
+            if plan is None:
+                failed.append(key)
+                continue
+            port, annotation = plan
+            if not translate.port_is_current(self.nb, port):
+                cmds.append(translate.EnsurePodPort(self.nb.api, port))
+                in_txn.append(key)
+                self.counters["ports_created"] += 1
+            if annotation is not None:
+                patches.append((key, pod, annotation))
+        if cmds:
+            try:
+                self.nb.execute(*cmds)
+                self.counters["transactions"] += 1
+            except Exception:
+                LOG.exception("NB transaction for %d pods failed", len(in_txn))
+                for key in new_holds:
+                    if key in in_txn:
+                        self._release(key)
+                failed += in_txn
+                in_txn_set = set(in_txn)
+                patches = [p for p in patches if p[0] not in in_txn_set]
+                release_after = [k for k in release_after if k not in in_txn_set]
+        for key in release_after:
+            self._release(key)
+        failed += self._annotate(patches)
+        return failed
+
+    def _plan_removal(self, key: str, pod: dict[str, Any] | None, cmds: list[Any],
+                      in_txn: list[str], release_after: list[str]) -> None:
+        namespace, _, name = key.partition("/")
+        lsp = translate.lsp_name(namespace, name)
+        uid = pod["metadata"]["uid"] if pod is not None else None
+        row = translate.lsp_row(self.nb.api, lsp)
+        if row is not None and (uid is None or row.external_ids.get(translate.UID) == uid):
+            cmds.append(translate.DeletePodPort(self.nb.api, lsp, uid))
+            in_txn.append(key)
+            self.counters["ports_deleted"] += 1
+        if key in self._held and (uid is None or self._held[key].uid == uid):
+            release_after.append(key)
+
+    def _plan_port(self, key: str, pod: dict[str, Any],
+                   new_holds: list[str]) -> tuple[translate.PodPort, str | None] | None:
+        meta = pod["metadata"]
+        uid, node = meta["uid"], pod["spec"]["nodeName"]
+        subnet = self.subnet_of(node)
+        if subnet is None:
+            self._report_once(key, f"node {node} has no subnet (yet); waiting")
+            return None
+        current = (meta.get("annotations") or {}).get(annotations.POD_NETWORK)
+        try:
+            net = annotations.pod_network(meta.get("annotations"))
+        except annotations.AnnotationError as e:
+            self._report_once(key, f"{e}; giving it a new one")
+            net = None
+        if net is not None and net.ip.ip not in subnet:
+            self._report_once(key, f"its address {net.ip} is outside node {node}'s subnet "
+                                   f"{subnet}; giving it a new one")
+            net = None
+        if net is not None:
+            if not self._hold(key, Held(uid, node, net.ip.ip)):
+                self._report_once(key, f"its address {net.ip.ip} belongs to another pod")
+                return None
+        else:
+            held = self._held.get(key)
+            if held is None or held.uid != uid or held.node != node:
+                pool = self._pool(node)
+                assert pool is not None
+                ip = pool.allocate()
+                self._release(key)
+                self._held[key] = Held(uid, node, ip)
+                new_holds.append(key)
+            net = translate.pod_network_for(self._held[key].ip, subnet)
+        port = translate.PodPort(meta["namespace"], meta["name"], uid, node, net)
+        wanted = net.to_json()
+        return port, (wanted if current != wanted else None)
+
+    def _annotate(self, patches: list[tuple[str, dict[str, Any], str]]) -> list[str]:
+        def patch(item: tuple[str, dict[str, Any], str]) -> str | None:
+            key, pod, value = item
+            meta = pod["metadata"]
+            try:
+                self.patch_pod(meta["namespace"], meta["name"],
+                               {"metadata": {"annotations": {annotations.POD_NETWORK: value}}})
+            except Exception as e:
+                status = getattr(e, "status", None)
+                if status == 404:
+                    return None  # deleted meanwhile: its DELETED event cleans up
+                LOG.warning("pod %s: writing the %s annotation failed: %s", key,
+                            annotations.POD_NETWORK, status or e)
+                return key
+            return None
+
+        if not patches:
+            return []
+        results = list(self._patcher.map(patch, patches)) if len(patches) > 1 else [
+            patch(patches[0])]
+        self.counters["annotated"] += sum(1 for r in results if r is None)
+        return [r for r in results if r is not None]
+
+    def status(self) -> dict[str, Any]:
+        return {"pods_with_address": len(self._held), **self.counters}

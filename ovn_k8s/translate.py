@@ -1,0 +1,162 @@
+"""Kubernetes objects to OVN NB rows: the one place that knows how a pod looks in NB.
+
+Handlers decide *what* should exist; this module says *how* it is written, as
+ovsdbapp commands that compose into one transaction, and reads back what NB holds
+(from the IDL's in-memory replica, never a query per object).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import netaddr
+from ovsdbapp.backend.ovs_idl import command as ovsdbapp_command
+from ovsdbapp.backend.ovs_idl import idlutils
+
+from ovn_k8s import annotations, ipam, topology
+from ovn_k8s.ovsdb import NbDb
+
+UID = "k8s.ovn.org/uid"
+POD = "pod"
+
+
+def pod_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def lsp_name(namespace: str, name: str) -> str:
+    """The lineage's port name, also the OVS interface's iface-id."""
+    return f"{namespace}_{name}"
+
+
+@dataclass(frozen=True)
+class PodPort:
+    """What one pod's logical switch port must look like."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    network: annotations.PodNetwork
+
+    @property
+    def lsp(self) -> str:
+        return lsp_name(self.namespace, self.name)
+
+    def columns(self) -> dict[str, Any]:
+        address = f"{self.network.mac} {self.network.ip.ip}"
+        return {
+            "addresses": [address],
+            "port_security": [address],
+            "options": {"requested-chassis": self.node, "iface-id-ver": self.uid},
+            "external_ids": topology.owned(POD, pod_key(self.namespace, self.name), POD,
+                                           **{UID: self.uid}),
+        }
+
+
+def pod_network_for(ip: netaddr.IPAddress, subnet: netaddr.IPNetwork) -> annotations.PodNetwork:
+    return annotations.PodNetwork(
+        ip=netaddr.IPNetwork(f"{ip}/{subnet.prefixlen}"),
+        mac=ipam.mac_from_ip(ip),
+        gateway=ipam.nth_host(subnet, 1),
+    )
+
+
+def lsp_row(api: Any, name: str) -> Any:
+    return idlutils.row_by_value(api.idl, "Logical_Switch_Port", "name", name, None)
+
+
+def _row_matches(row: Any, columns: dict[str, Any]) -> bool:
+    return all(getattr(row, col) == value for col, value in columns.items())
+
+
+def port_is_current(nb: NbDb, port: PodPort) -> bool:
+    """True when NB already holds exactly this port (no write needed).
+
+    We only ever put a pod's port on the switch its requested-chassis names, so
+    matching columns mean the right switch too; checking membership in a switch's
+    port list would cost O(ports) per pod.
+    """
+    row = lsp_row(nb.api, port.lsp)
+    return row is not None and _row_matches(row, port.columns())
+
+
+class EnsurePodPort(ovsdbapp_command.BaseCommand):
+    """Create the pod's LSP on its node's switch, or converge it.
+
+    A port of the same name that belongs to another pod UID (a StatefulSet pod
+    deleted and recreated) or sits on another node's switch is replaced: the new
+    pod never inherits the old one's port.
+    """
+
+    def __init__(self, api: Any, port: PodPort) -> None:
+        super().__init__(api)
+        self.port = port
+
+    def run_idl(self, txn: Any) -> None:
+        port = self.port
+        switch = self.api.lookup("Logical_Switch", port.node)
+        row = lsp_row(self.api, port.lsp)
+        if row is not None and (row.external_ids.get(UID) != port.uid
+                                or row.options.get("requested-chassis") != port.node):
+            _delete_port(self.api, row)
+            row = None
+        if row is None:
+            row = txn.insert(self.api.tables["Logical_Switch_Port"])
+            row.name = port.lsp
+            switch.addvalue("ports", row)
+        for col, value in port.columns().items():
+            if getattr(row, col, None) != value:
+                setattr(row, col, value)
+        self.result = row
+
+
+class DeletePodPort(ovsdbapp_command.BaseCommand):
+    """Delete a pod's LSP if it exists (and, given ``uid``, only if it is that pod's)."""
+
+    def __init__(self, api: Any, lsp: str, uid: str | None = None) -> None:
+        super().__init__(api)
+        self.lsp = lsp
+        self.uid = uid
+
+    def run_idl(self, txn: Any) -> None:
+        row = lsp_row(self.api, self.lsp)
+        if row is None or (self.uid is not None and row.external_ids.get(UID) != self.uid):
+            return
+        _delete_port(self.api, row)
+
+
+def _delete_port(api: Any, row: Any) -> None:
+    # The port's switch is its node's (requested-chassis); scanning every switch's
+    # ports is the fallback for a row someone else edited.
+    node = row.options.get("requested-chassis")
+    switch = idlutils.row_by_value(api.idl, "Logical_Switch", "name", node, None) if node else None
+    if switch is None or row not in switch.ports:
+        switch = next((s for s in api.tables["Logical_Switch"].rows.values() if row in s.ports),
+                      None)
+    if switch is not None:
+        switch.delvalue("ports", row)
+    row.delete()
+
+
+def owned_pod_ports(nb: NbDb) -> dict[str, Any]:
+    """Every LSP we made for a pod, by its pod key (``ns/name``)."""
+    out = {}
+    for row in nb.rows("Logical_Switch_Port"):
+        ids = row.external_ids
+        if ids.get(topology.OWNER_TYPE) == POD and topology.OWNER in ids:
+            out[ids[topology.OWNER]] = row
+    return out
+
+
+def port_address(row: Any) -> netaddr.IPAddress | None:
+    """The IPv4 address in an LSP's ``addresses`` ("MAC IP")."""
+    for entry in row.addresses:
+        parts = entry.split()
+        if len(parts) >= 2:
+            try:
+                return netaddr.IPAddress(parts[1])
+            except (netaddr.AddrFormatError, ValueError):
+                return None
+    return None

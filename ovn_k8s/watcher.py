@@ -1,0 +1,159 @@
+"""The watcher: reflectors → keyed queues → handlers → NB, with the start-up resync.
+
+Start-up follows DESIGN.md: LIST nodes and pods, reserve every subnet and address
+already handed out (annotations, then NB), find what NB holds for objects that no
+longer exist, and only then start handling. Every listed object is then handled
+like an event; a handler writes nothing when NB already matches, so a restart with
+nothing changed makes no NB write. With ``sync_mode="log"`` the drift found at
+start is reported and left alone; later events are handled as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from kubernetes import client as k8s
+
+from ovn_k8s import ipam, topology, translate
+from ovn_k8s.handlers.nodes import NodeHandler
+from ovn_k8s.handlers.pods import PodHandler
+from ovn_k8s.kube.reflector import reflector_for
+from ovn_k8s.kube.workqueue import WorkQueue
+from ovn_k8s.ovsdb import NbDb
+
+LOG = logging.getLogger(__name__)
+
+SYNC_MODES = ("repair", "log")
+
+
+class Watcher:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        nb: NbDb,
+        cluster: topology.ClusterSpec,
+        *,
+        host_prefix: int = 24,
+        sync_mode: str = "repair",
+        pod_batch: int = 500,
+    ) -> None:
+        if sync_mode not in SYNC_MODES:
+            raise ValueError(f"sync mode must be one of {', '.join(SYNC_MODES)}")
+        self.api = api
+        self.nb = nb
+        self.cluster = cluster
+        self.sync_mode = sync_mode
+        self.pod_batch = pod_batch
+        self.allocator = ipam.SubnetAllocator(cluster.cluster_subnets, host_prefix)
+        v1 = k8s.CoreV1Api(api)
+        self.node_reflector = reflector_for(api, "nodes", handler=self._on_node)
+        self.pod_reflector = reflector_for(api, "pods", handler=self._on_pod)
+        self.node_queue = WorkQueue("nodes")
+        self.pod_queue = WorkQueue("pods")
+        self.nodes = NodeHandler(
+            nb, self.node_reflector, v1.patch_node,
+            self.allocator, on_subnet=self._requeue_node_pods)
+        self.pods = PodHandler(
+            nb, self.pod_reflector,
+            lambda ns, name, body: v1.patch_namespaced_pod(name, ns, body),
+            self.nodes.subnet)
+        self._lock = threading.Lock()
+        self._early: dict[str, set[str]] | None = {"nodes": set(), "pods": set()}
+        self.started_at: float | None = None
+        self.sync_report: dict[str, Any] = {}
+
+    # ---- events before and after start-up ---------------------------------------------
+
+    def _on_node(self, _etype: str, key: str, _obj: Any) -> None:
+        with self._lock:
+            if self._early is not None:
+                self._early["nodes"].add(key)
+                return
+        self.node_queue.add(key)
+
+    def _on_pod(self, _etype: str, key: str, _obj: Any) -> None:
+        with self._lock:
+            if self._early is not None:
+                self._early["pods"].add(key)
+                return
+        self.pod_queue.add(key)
+
+    def _requeue_node_pods(self, node: str, _subnet: Any) -> None:
+        """Pods that waited for their node's subnet can go now."""
+        for key, pod in self.pod_reflector.items():
+            if (pod.get("spec") or {}).get("nodeName") == node:
+                self.pod_queue.add(key)
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        t0 = time.monotonic()
+        self.nb.execute(*topology.cluster_commands(self.nb, self.cluster))
+        self.node_reflector.start()
+        self.pod_reflector.start()
+        for r in (self.node_reflector, self.pod_reflector):
+            if not r.wait_synced(max(0.0, timeout - (time.monotonic() - t0))):
+                raise TimeoutError(f"could not list {r.name} within {timeout:g}s")
+        self.nodes.startup()
+        stale_nodes = self.nodes.stale()
+        stale_pods = self.pods.startup()
+        with self._lock:
+            early, self._early = self._early, None
+        assert early is not None
+        self.sync_report = {"stale_nodes": len(stale_nodes), "stale_pod_ports": len(stale_pods),
+                            "nodes": len(self.node_reflector), "pods": len(self.pod_reflector)}
+        if self.sync_mode == "log":
+            drift = [k for k in early["pods"] if self._pod_drifted(k)]
+            self.sync_report["pods_drifted"] = len(drift)
+            LOG.warning("sync mode log: %d stale pod ports, %d stale node switches, %d pods "
+                        "not in step with NB; left as they are", len(stale_pods),
+                        len(stale_nodes), len(drift))
+            early = {"nodes": set(), "pods": set()}
+        else:
+            early["nodes"].update(stale_nodes)
+            early["pods"].update(stale_pods)
+        for key in sorted(early["nodes"]):
+            self.node_queue.add(key)
+        for key in sorted(early["pods"]):
+            self.pod_queue.add(key)
+        self.node_queue.start(self.nodes.handle)
+        self.pod_queue.start(batch_handler=self.pods.handle_batch, max_batch=self.pod_batch)
+        self.started_at = time.monotonic()
+        LOG.info("watching %d nodes and %d pods (start-up %.2fs)", len(self.node_reflector),
+                 len(self.pod_reflector), self.started_at - t0)
+
+    def _pod_drifted(self, key: str) -> bool:
+        pod = self.pod_reflector.get(key)
+        row = translate.lsp_row(self.nb.api, translate.lsp_name(*key.split("/", 1)))
+        return (row is None) == (pod is not None and (pod.get("spec") or {}).get("nodeName")
+                                 is not None and not (pod.get("spec") or {}).get("hostNetwork"))
+
+    def idle(self, timeout: float | None = None) -> bool:
+        """True once both queues are empty and no key is being handled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for q in (self.node_queue, self.pod_queue):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not q.wait_idle(left):
+                return False
+        return True
+
+    def stop(self) -> None:
+        for r in (self.node_reflector, self.pod_reflector):
+            r.stop()
+        for q in (self.node_queue, self.pod_queue):
+            q.shutdown()
+        self.pods.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "sync_mode": self.sync_mode,
+            "startup": self.sync_report,
+            "reflectors": {r.name: r.status() for r in (self.node_reflector,
+                                                         self.pod_reflector)},
+            "queues": {q.name: q.status() for q in (self.node_queue, self.pod_queue)},
+            "pods": self.pods.status(),
+            "node_subnets_allocated": len(self.allocator),
+        }
