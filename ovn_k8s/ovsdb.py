@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -327,12 +328,20 @@ class Database:
     def idl(self) -> ovs_idl.Idl:
         return self.api.idl
 
-    def rows(self, table: str) -> Iterable[Any]:
-        """The IDL's in-memory rows of ``table``: read-only, no round trip.
+    def rows(self, table: str) -> list[Any]:
+        """A snapshot of the IDL's in-memory rows of ``table``: read-only, no round trip.
 
-        Resync diffs against this instead of querying per object.
+        Resync diffs against this instead of querying per object. The IDL's thread
+        applies updates to the same dict while we copy it; a copy that raced with
+        one is simply taken again (the copy is short; updates come in bursts).
         """
-        return self.api.tables[table].rows.values()
+        rows = self.api.tables[table].rows
+        for _ in range(1000):
+            try:
+                return list(rows.values())
+            except RuntimeError:  # "dictionary changed size during iteration"
+                time.sleep(0)
+        raise OvsdbError(f"{self.schema}: {table} kept changing while being read")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -72,10 +72,10 @@ class PodHandler:
     def close(self) -> None:
         self._patcher.shutdown(wait=True)
 
-    def _report_once(self, key: str, message: str) -> None:
+    def _report_once(self, key: str, message: str, level: int = logging.ERROR) -> None:
         if (key, message) not in self._reported:
             self._reported.add((key, message))
-            LOG.error("pod %s: %s", key, message)
+            LOG.log(level, "pod %s: %s", key, message)
 
     def _pool(self, node: str) -> ipam.AddressPool | None:
         subnet = self.subnet_of(node)
@@ -210,7 +210,9 @@ class PodHandler:
         uid, node = meta["uid"], pod["spec"]["nodeName"]
         subnet = self.subnet_of(node)
         if subnet is None:
-            self._report_once(key, f"node {node} has no subnet (yet); waiting")
+            # Usual at start-up (the node's event is handled after its pods'); an
+            # unknown node stays here, and is reported once.
+            self._report_once(key, f"node {node} has no subnet (yet); waiting", logging.INFO)
             return None
         current = (meta.get("annotations") or {}).get(annotations.POD_NETWORK)
         try:

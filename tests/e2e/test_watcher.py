@@ -2,162 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from kubernetes import client
+from watcher_env import (
+    lsp,
+    make_node,
+    make_pod,
+    node_subnet,
+    pod_network,
+    settle,
+    switch_ports,
+    wait_for,
+    watcher_env,
+)
 
-from ovn_k8s import annotations, ovsdb, topology, translate
-from ovn_k8s.sandbox.apiserver import ApiServer
-from ovn_k8s.sandbox.lab import Lab
-
-BIN = Path(sys.executable).parent
-CLUSTER = "10.144.0.0/16"
-NAME = "ovn-k8s-watcher"
-
-
-def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class WatcherProcess:
-    """Start/stop the daemon with OVS-style flags in a private run directory."""
-
-    def __init__(self, rundir: Path, nb_remote: str, kubeconfig: Path) -> None:
-        self.rundir = rundir
-        self.nb_remote = nb_remote
-        self.kubeconfig = kubeconfig
-        self.pid: int | None = None
-
-    @property
-    def ctl(self) -> str:
-        return str(self.rundir / f"{NAME}.ctl")
-
-    def start(self, *extra: str) -> None:
-        proc = subprocess.run(
-            [str(BIN / NAME), "--overlay", f"--cluster-ip-subnet={CLUSTER}",
-             f"--nb={self.nb_remote}", f"--kubeconfig={self.kubeconfig}",
-             f"--pidfile={self.rundir / (NAME + '.pid')}", "--detach",
-             f"--unixctl={self.ctl}", f"--log-file={self.rundir / (NAME + '.log')}",
-             "-vconsole:emer", "-vfile:info", "--timeout=20", *extra],
-            capture_output=True, text=True, timeout=60, check=False,
-            env=dict(os.environ, OVS_RUNDIR=str(self.rundir)))
-        assert proc.returncode == 0, proc.stderr + self.log()
-        self.pid = int((self.rundir / f"{NAME}.pid").read_text())
-
-    def appctl(self, *args: str) -> str:
-        proc = subprocess.run(["ovs-appctl", "-t", self.ctl, *args], capture_output=True,
-                              text=True, timeout=20, check=False)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    def status(self) -> dict:
-        return json.loads(self.appctl("status"))
-
-    def idle(self) -> bool:
-        queues = self.status()["queues"]
-        return all(q["depth"] == 0 and q.get("processing", 0) == 0 for q in queues.values())
-
-    def stop(self) -> None:
-        if self.pid is not None and running(self.pid):
-            subprocess.run(["ovs-appctl", "-t", self.ctl, "exit"], capture_output=True,
-                           timeout=20, check=False)
-            wait_for(lambda: not running(self.pid), 10, "the watcher to exit")
-        self.pid = None
-
-    def kill(self) -> None:
-        assert self.pid is not None
-        os.kill(self.pid, signal.SIGKILL)
-        wait_for(lambda: not running(self.pid), 10, "the watcher to die")
-        self.pid = None
-
-    def log(self) -> str:
-        path = self.rundir / f"{NAME}.log"
-        return path.read_text() if path.exists() else ""
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
+from ovn_k8s import annotations, topology, translate
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[tuple[Lab, ApiServer, client.CoreV1Api, WatcherProcess, ovsdb.NbDb]]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    base = Path(tempfile.mkdtemp(prefix="ovn-k8s-e2e-watcher-"))
-    lab = Lab(base / "lab", nodes=1)
-    srv = ApiServer()
-    watcher = None
-    nb = None
-    try:
-        lab.up()
-        srv.start()
-        kubeconfig = Path(srv.write_kubeconfig(base / "kubeconfig"))
-        watcher = WatcherProcess(base, lab.nb_remote, kubeconfig)
-        watcher.start()
-        nb = ovsdb.NbDb(lab.nb_remote, timeout=10)
-        yield lab, srv, client.CoreV1Api(srv.api_client()), watcher, nb
-    finally:
-        if watcher is not None:
-            watcher.stop()
-        if nb is not None:
-            nb.close()
-        srv.stop()
-        lab.down()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def make_node(v1: client.CoreV1Api, name: str) -> None:
-    v1.create_node({"metadata": {"name": name}})
-
-
-def make_pod(v1: client.CoreV1Api, name: str, node: str | None, *, namespace: str = "default",
-             host_network: bool = False, annotations_: dict | None = None) -> None:
-    spec: dict = {"containers": [{"name": "c", "image": "pause"}]}
-    if node:
-        spec["nodeName"] = node
-    if host_network:
-        spec["hostNetwork"] = True
-    meta: dict = {"name": name}
-    if annotations_:
-        meta["annotations"] = annotations_
-    v1.create_namespaced_pod(namespace, {"metadata": meta, "spec": spec})
-
-
-def pod_network(v1: client.CoreV1Api, name: str, namespace: str = "default"):
-    pod = v1.read_namespaced_pod(name, namespace)
-    return annotations.pod_network(pod.metadata.annotations)
-
-
-def lsp(nb: ovsdb.NbDb, name: str, namespace: str = "default"):
-    nb.execute(nb.api.ls_list())  # a round trip: our replica has caught up
-    return translate.lsp_row(nb.api, translate.lsp_name(namespace, name))
-
-
-def switch_ports(nb: ovsdb.NbDb, node: str) -> set[str]:
-    sw = next((s for s in nb.rows("Logical_Switch") if s.name == node), None)
-    return {p.name for p in sw.ports} if sw is not None else set()
-
-
-def node_subnet(v1: client.CoreV1Api, node: str):
-    return annotations.node_subnet(v1.read_node(node).metadata.annotations)
+def env():
+    yield from watcher_env()
 
 
 def test_nodes_get_subnets_and_switches(env):
@@ -265,19 +130,6 @@ def test_restart_with_nothing_changed_writes_nothing(env):
     after = {p.name: (p.addresses, dict(p.external_ids)) for p in nb.rows("Logical_Switch_Port")}
     assert after == ports
     assert watcher.status()["pods"]["transactions"] == 0
-
-
-def settle(nb: ovsdb.NbDb, quiet: float = 1.0) -> int:
-    """Wait until NB stops changing; returns the replica's change counter."""
-    seqno = nb.api.idl.change_seqno
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        nb.execute(nb.api.ls_list())
-        if nb.api.idl.change_seqno == seqno:
-            return seqno
-        seqno = nb.api.idl.change_seqno
-    raise AssertionError("NB never settled")
 
 
 def test_node_deleted_removes_its_switch(env):
