@@ -5,7 +5,7 @@
 Everything real but the API server (the in-repo emulator, in its own process):
 OVN central from the lab, the watcher as a daemon (`ovn-k8s-watcher --detach`).
 
-- full speed: N pods exist before the watcher starts (8 nodes); from its start to the
+- full speed: N pods exist before the watcher starts (16 nodes); from its start to the
   last annotation seen is the wiring time, so pod creation speed is not measured;
 - offered load: pods created at a fixed rate with the watcher running; each pod's
   latency is from just before its create call to its annotation arriving on a watch;
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lab_startstop import machine
 
 CLUSTER = "10.128.0.0/14"
-NODES = [f"node{i}" for i in range(1, 9)]
+NODES = [f"node{i}" for i in range(1, 17)]  # 2000 pods: 125 a node, well inside a /24
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -70,11 +70,12 @@ class Annotated:
 
 
 def create_parallel(v1: client.CoreV1Api, names: list[str], threads: int = 8) -> None:
-    chunks = [names[i::threads] for i in range(threads)]
+    placed = [(n, NODES[i % len(NODES)]) for i, n in enumerate(names)]
+    chunks = [placed[i::threads] for i in range(threads)]
 
-    def run(chunk: list[str]) -> None:
-        for n in chunk:
-            v1.create_namespaced_pod("default", pod_body(n, NODES[hash(n) % len(NODES)]))
+    def run(chunk: list[tuple[str, str]]) -> None:
+        for n, node in chunk:
+            v1.create_namespaced_pod("default", pod_body(n, node))
 
     ts = [threading.Thread(target=run, args=(c,)) for c in chunks]
     for t in ts:
@@ -161,6 +162,10 @@ class Bench:
         elapsed = max(watch.seen.values()) - t0
         cpu = proc_cpu(self.watcher_pid) - cpu0
         watch.reflector.stop()
+        status = json.loads(subprocess.run(
+            ["ovs-appctl", "-t", str(self.base / "w.ctl"), "status"], capture_output=True,
+            text=True, check=True).stdout)
+        print("watcher after full speed:", json.dumps(status["pods"]), file=sys.stderr)
         return {"pods": n, "seconds": elapsed, "pods_per_s": n / elapsed,
                 "cpu_ms_per_pod": cpu * 1000 / n, "rss_mb": proc_rss_mb(self.watcher_pid)}
 

@@ -29,6 +29,13 @@ LOG = logging.getLogger(__name__)
 SYNC_MODES = ("repair", "log")
 
 
+def _patched(response: Any) -> None:
+    """Drain a raw PATCH response: decoding it into client models costs more than the
+    request itself, and only the status matters (errors raise before this)."""
+    response.read()
+    response.release_conn()
+
+
 class Watcher:
     def __init__(
         self,
@@ -54,12 +61,14 @@ class Watcher:
         self.node_queue = WorkQueue("nodes")
         self.pod_queue = WorkQueue("pods")
         self.nodes = NodeHandler(
-            nb, self.node_reflector, v1.patch_node,
+            nb, self.node_reflector, lambda name, body: _patched(v1.patch_node(
+                name, body, _preload_content=False)),
             self.allocator, on_subnet=self._requeue_node_pods)
         self.pods = PodHandler(
             nb, self.pod_reflector,
-            lambda ns, name, body: v1.patch_namespaced_pod(name, ns, body),
-            self.nodes.subnet)
+            lambda ns, name, body: _patched(v1.patch_namespaced_pod(
+                name, ns, body, _preload_content=False)),
+            self.nodes.subnet, retry=self.pod_queue.retry)
         self._lock = threading.Lock()
         self._early: dict[str, set[str]] | None = {"nodes": set(), "pods": set()}
         self.started_at: float | None = None
@@ -115,8 +124,14 @@ class Watcher:
         else:
             early["nodes"].update(stale_nodes)
             early["pods"].update(stale_pods)
+        # Nodes first, here: their subnets must be known before their pods are
+        # handled, or every pod of a new node fails once and waits for a retry.
         for key in sorted(early["nodes"]):
-            self.node_queue.add(key)
+            try:
+                self.nodes.handle(key)
+            except Exception:
+                LOG.exception("node %s: handling failed; retrying", key)
+                self.node_queue.add(key)
         for key in sorted(early["pods"]):
             self.pod_queue.add(key)
         self.node_queue.start(self.nodes.handle)

@@ -6,14 +6,16 @@ addresses across our restarts), the port we already made for this pod UID (a cra
 between the NB commit and the annotation), else the lowest free address of its node.
 
 Work comes in batches from the queue: one NB transaction for every port of the batch,
-then the annotations, written in parallel. A pod's address is released only after the
-transaction that deleted its port, so it is never in two ports at once.
+then the annotations, written in parallel in the background. A pod's address is
+released only after the transaction that deleted its port, so it is never in two
+ports at once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,18 +58,21 @@ class PodHandler:
         subnet_of: Callable[[str], netaddr.IPNetwork | None],
         *,
         patch_workers: int = 8,
+        retry: Callable[[str], Any] = lambda key: None,
     ) -> None:
         self.nb = nb
         self.cache = cache
         self.patch_pod = patch_pod
         self.subnet_of = subnet_of
+        self.retry = retry
         self._pools: dict[str, ipam.AddressPool] = {}
         self._held: dict[str, Held] = {}
         self._reported: set[tuple[str, str]] = set()
         self._patcher = ThreadPoolExecutor(patch_workers, thread_name_prefix="annotate")
         self._lock = threading.Lock()  # the pools are also read by status()
         self.counters = {"ports_created": 0, "ports_deleted": 0, "annotated": 0,
-                         "transactions": 0}
+                         "transactions": 0, "transaction_ms": 0, "batches": 0,
+                         "batched_keys": 0}
 
     def close(self) -> None:
         self._patcher.shutdown(wait=True)
@@ -173,9 +178,13 @@ class PodHandler:
                 self.counters["ports_created"] += 1
             if annotation is not None:
                 patches.append((key, pod, annotation))
+        self.counters["batches"] += 1
+        self.counters["batched_keys"] += len(keys)
         if cmds:
             try:
+                t0 = time.monotonic()
                 self.nb.execute(*cmds)
+                self.counters["transaction_ms"] += round((time.monotonic() - t0) * 1000)
                 self.counters["transactions"] += 1
             except Exception:
                 LOG.exception("NB transaction for %d pods failed", len(in_txn))
@@ -188,7 +197,7 @@ class PodHandler:
                 release_after = [k for k in release_after if k not in in_txn_set]
         for key in release_after:
             self._release(key)
-        failed += self._annotate(patches)
+        self._annotate(patches)
         return failed
 
     def _plan_removal(self, key: str, pod: dict[str, Any] | None, cmds: list[Any],
@@ -242,28 +251,31 @@ class PodHandler:
         wanted = net.to_json()
         return port, (wanted if current != wanted else None)
 
-    def _annotate(self, patches: list[tuple[str, dict[str, Any], str]]) -> list[str]:
-        def patch(item: tuple[str, dict[str, Any], str]) -> str | None:
-            key, pod, value = item
-            meta = pod["metadata"]
-            try:
-                self.patch_pod(meta["namespace"], meta["name"],
-                               {"metadata": {"annotations": {annotations.POD_NETWORK: value}}})
-            except Exception as e:
-                status = getattr(e, "status", None)
-                if status == 404:
-                    return None  # deleted meanwhile: its DELETED event cleans up
-                LOG.warning("pod %s: writing the %s annotation failed: %s", key,
-                            annotations.POD_NETWORK, status or e)
-                return key
-            return None
+    def _annotate(self, patches: list[tuple[str, dict[str, Any], str]]) -> None:
+        """Write the annotations in the background; a failed one retries its key.
 
-        if not patches:
-            return []
-        results = list(self._patcher.map(patch, patches)) if len(patches) > 1 else [
-            patch(patches[0])]
-        self.counters["annotated"] += sum(1 for r in results if r is None)
-        return [r for r in results if r is not None]
+        Not waiting for them lets the next batch's NB transaction overlap this
+        batch's API writes. A key handled again before its write lands plans the
+        same address (it is held) and writes the same value: harmless.
+        """
+        for key, pod, value in patches:
+            meta = pod["metadata"]
+            future = self._patcher.submit(
+                self.patch_pod, meta["namespace"], meta["name"],
+                {"metadata": {"annotations": {annotations.POD_NETWORK: value}}})
+            future.add_done_callback(lambda f, key=key: self._annotated(key, f))
+
+    def _annotated(self, key: str, future: Any) -> None:
+        error = future.exception()
+        if error is None:
+            self.counters["annotated"] += 1
+            return
+        status = getattr(error, "status", None)
+        if status == 404:
+            return  # deleted meanwhile: its DELETED event cleans up
+        LOG.warning("pod %s: writing the %s annotation failed (%s); retrying", key,
+                    annotations.POD_NETWORK, status or error)
+        self.retry(key)
 
     def status(self) -> dict[str, Any]:
         return {"pods_with_address": len(self._held), **self.counters}
