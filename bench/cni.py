@@ -1,0 +1,194 @@
+"""CNI ADD/DEL latency through the installed plugin, next to the in-process floor.
+
+    sudo .venv/bin/python bench/cni.py [--pods 30] [--json]
+
+A lab of its own (central + 2 nodes; pods on node1), the Kubernetes API emulator with
+every pod already annotated, one LSP per pod. Three figures per operation:
+
+* ``binary``: ``bin/ovn-k8s-cni-overlay`` run as kubelet runs it (a new process per
+  call, inside the node's netns through ``ip netns exec``), wall time per call;
+* ``launch``: ``/bin/true`` started the same way: the part of ``binary`` that is only
+  the lab's way of entering the node's netns, not the plugin;
+* ``in-process``: the same ADD/DEL code called in a loop in one warm process on the
+  node (imports done, OVSDB connection open): what a node daemon could reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PLUGIN = str(REPO / "bin" / "ovn-k8s-cni-overlay")
+TARGETS = {"ADD p50": 0.050, "ADD p99": 0.150, "DEL p50": 0.025}  # DESIGN.md
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"n": len(values), "p50": statistics.median(ordered), "p99": p99,
+            "max": ordered[-1]}
+
+
+def cni_env(call: dict, command: str) -> dict[str, str]:
+    return {
+        "CNI_COMMAND": command, "CNI_CONTAINERID": call["cid"], "CNI_NETNS": call["netns"],
+        "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+        "CNI_ARGS": f"K8S_POD_NAMESPACE={call['namespace']};K8S_POD_NAME={call['pod']};"
+                    f"K8S_POD_UID={call['uid']}",
+    }
+
+
+def in_process(spec_path: str) -> int:
+    """Child mode, run on the node: ADD then DEL every pod, timing each call."""
+    from ovn_k8s.cni import plugin, spec  # noqa: PLC0415
+
+    job = json.loads(Path(spec_path).read_text())
+    conf = json.dumps(job["config"]).encode()
+    out: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    for command in ("ADD", "DEL"):
+        for call in job["calls"]:
+            start = time.perf_counter()
+            req = spec.parse_request(cni_env(call, command), conf)
+            if command == "ADD":
+                plugin.add(req)
+            else:
+                plugin.delete(req)
+            out[command].append(time.perf_counter() - start)
+    print(json.dumps(out))
+    sys.stdout.flush()
+    os._exit(0)  # the OVSDB connection thread need not be joined
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=30)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--in-process", metavar="JOB", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_process:
+        return in_process(args.in_process)
+    if os.geteuid() != 0:
+        print("the lab needs root", file=sys.stderr)
+        return 1
+
+    from kubernetes import client  # noqa: PLC0415
+    from pyroute2 import netns  # noqa: PLC0415
+
+    from ovn_k8s import ovsdb  # noqa: PLC0415
+    from ovn_k8s.sandbox.apiserver import ApiServer  # noqa: PLC0415
+    from ovn_k8s.sandbox.lab import Lab  # noqa: PLC0415
+
+    work = Path(tempfile.mkdtemp(prefix="bench-cni-"))
+    lab = Lab(work / "lab", nodes=2)
+    srv = None
+    made_ns: list[str] = []
+    try:
+        lab.up()
+        node = lab.node("node1")
+        srv = ApiServer(host=lab.connect_host())
+        srv.start()
+        v1 = client.CoreV1Api(srv.api_client())
+        kubeconfig = srv.write_kubeconfig(work / "kubeconfig")
+        v1.create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": "bench"}})
+        nb = ovsdb.connect_nb(lab.nb_remote, timeout=10.0)
+        config = {"cniVersion": "1.0.0", "name": "ovn-kubernetes",
+                  "type": "ovn-k8s-cni-overlay", "mtu": 1400, "kubeconfig": kubeconfig,
+                  "logFile": str(work / "cni.log")}
+
+        def make_calls(round_: int) -> list[dict]:
+            calls = []
+            with nb.transaction() as txn:
+                txn.add(nb.api.ls_add(f"cni-bench-{round_}", may_exist=True))
+                for i in range(args.pods):
+                    ip = f"10.{200 + round_}.{i // 250}.{i % 250 + 2}"
+                    mac = "0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
+                    name = f"p{round_}-{i}"
+                    uid = v1.create_namespaced_pod("bench", {
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": name, "annotations": {"ovn": json.dumps({
+                            "ip_address": f"{ip}/16", "mac_address": mac,
+                            "gateway_ip": f"10.{200 + round_}.0.1"})}},
+                        "spec": {"nodeName": "node1",
+                                 "containers": [{"name": "c", "image": "pause"}]},
+                    }).metadata.uid
+                    txn.add(nb.api.lsp_add(f"cni-bench-{round_}", f"bench_{name}",
+                                           addresses=[f"{mac} {ip}"]))
+                    ns = f"{lab.prefix}-cni-{secrets.token_hex(4)}"  # swept by lab.down
+                    netns.create(ns)
+                    made_ns.append(ns)
+                    calls.append({"cid": secrets.token_hex(32), "netns": f"/var/run/netns/{ns}",
+                                  "namespace": "bench", "pod": name, "uid": uid})
+            return calls
+
+        results: dict[str, dict[str, float]] = {}
+        # Through the binary, one process per call.
+        timings: dict[str, list[float]] = {"ADD": [], "DEL": [], "launch": []}
+        calls = make_calls(0)
+        for command in ("ADD", "DEL"):
+            for call in calls:
+                start = time.perf_counter()
+                proc = node.exec([PLUGIN], timeout=60, env=cni_env(call, command),
+                                 input=json.dumps(config))
+                timings[command].append(time.perf_counter() - start)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{command} failed: {proc.stdout} {proc.stderr}")
+        for _ in calls:
+            start = time.perf_counter()
+            node.exec(["/bin/true"], timeout=10)
+            timings["launch"].append(time.perf_counter() - start)
+        for k, v in timings.items():
+            results[f"binary {k}" if k != "launch" else "launch (ip netns exec true)"] = stats(v)
+
+        # In one warm process on the node: the first call pays the imports, drop it.
+        calls = make_calls(1)
+        job = work / "job.json"
+        job.write_text(json.dumps({"config": config, "calls": calls}))
+        proc = node.exec([sys.executable, __file__, "--in-process", str(job)], timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"in-process run failed: {proc.stderr}")
+        inproc = json.loads(proc.stdout.strip().splitlines()[-1])
+        for k in ("ADD", "DEL"):
+            results[f"in-process {k}"] = stats(inproc[k][1:])
+        nb.close()
+    finally:
+        if srv is not None:
+            srv.stop()
+        for ns in made_ns:
+            if ns in netns.listnetns():
+                netns.remove(ns)
+        lab.down()
+        shutil.rmtree(work, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"CNI through the plugin binary vs in-process, {args.pods} pods on one node")
+    print()
+    print(f"| {'what':<28} | {'p50 ms':>7} | {'p99 ms':>7} | {'max ms':>7} |")
+    print(f"|{'-' * 30}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+    for what, s in results.items():
+        print(f"| {what:<28} | {s['p50'] * 1000:7.1f} | {s['p99'] * 1000:7.1f} | "
+              f"{s['max'] * 1000:7.1f} |")
+    print()
+    for target, limit in TARGETS.items():
+        op, q = target.split()
+        got = results[f"binary {op}"][q]
+        verdict = "meets" if got <= limit else "misses"
+        print(f"binary {target}: {got * 1000:.0f} ms {verdict} the {limit * 1000:.0f} ms target")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
