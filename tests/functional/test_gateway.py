@@ -127,3 +127,31 @@ def test_bad_gateway_input_changes_nothing(gw_lab, change, message):
     assert proc.returncode == 1, proc.stderr
     assert message in proc.stderr
     assert snapshot(nb) == before
+
+
+def test_rampout_subnets_leave_through_their_own_gateway(gw_lab):
+    """node1 becomes a second gateway for node1's pods only (--rampout-ip-subnets);
+    node2 stays the cluster's default exit."""
+    lab, nb, _ = gw_lab
+    other = lab.add_external_host("node1", "outside1", "10.33.75.1/24", nic="eth1")
+    other.serve_tcp(8080)
+    overlay(lab, "node1", "gateway-init", "--cluster-ip-subnet", CLUSTER,
+            "--physical-interface", "eth1", "--physical-ip", "10.33.75.138/24",
+            "--node-name", "node1", "--default-gw", "10.33.75.1",
+            "--rampout-ip-subnets", SUBNETS["node1"])
+    nb.execute(nb.api.ls_list())
+    cluster_router = next(r for r in nb.rows("Logical_Router")
+                          if r.name == topology.CLUSTER_ROUTER)
+    routes = {(r.ip_prefix, r.policy[0] if r.policy else "dst-ip", r.nexthop)
+              for r in cluster_router.static_routes}
+    gr1_join = next(p for p in nb.rows("Logical_Router_Port") if p.name == "rtoj-GR_node1")
+    assert (SUBNETS["node1"], "src-ip", gr1_join.networks[0].split("/")[0]) in routes
+    a = pod_on(lab, nb, "node1", "ramp-a", 30)
+    b = pod_on(lab, nb, "node2", "ramp-b", 30)
+    try:
+        assert a.tcp_peer("10.33.75.1", 8080) == "10.33.75.138", "node1's pods exit via node1"
+        assert b.tcp_peer(EXTERNAL_HOST, 8080) == PHYSICAL_ADDR, "node2's pods still via node2"
+        assert a.ping(b.address), "cluster traffic must not follow the rampout route"
+    finally:
+        lab.del_pod(a)
+        lab.del_pod(b)
