@@ -146,7 +146,7 @@ class Reflector:
         self._thread: threading.Thread | None = None
         self._resp: urllib3.BaseHTTPResponse | None = None
         self._resp_lock = threading.Lock()
-        self._last_broke = False
+        self._short_streams = 0  # consecutive watches that ended at once with nothing
         self._outage_since: float | None = None
         self._outage_failures = 0
         self.last_sync: float | None = None  # wall-clock time of the last completed LIST
@@ -176,8 +176,9 @@ class Reflector:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the watch thread: wakes a backoff sleep and cuts the open watch stream.
-        (A LIST in flight is bounded by `list_timeout`; the thread is a daemon.)"""
+        """End the thread: wakes a backoff sleep and cuts the open watch or LIST response.
+        A request still waiting for its response headers is only bounded by the connect
+        and `list_timeout`s; the thread is a daemon, and stop() returns after `timeout`."""
         self._stopping.set()
         with self._resp_lock:
             resp = self._resp
@@ -328,9 +329,15 @@ class Reflector:
             resp = self._list_fn(*self._list_args, _preload_content=False,
                                  _request_timeout=(self._connect_timeout, self._list_timeout),
                                  **kwargs)
+            with self._resp_lock:
+                self._resp = resp  # so that stop() can cut a long read short
             try:
+                if self._stopping.is_set():
+                    self._cut(resp)
                 body = json.loads(resp.data)
             finally:
+                with self._resp_lock:
+                    self._resp = None
                 resp.release_conn()
             items.extend(body.get("items") or ())
             md = body.get("metadata") or {}
@@ -397,7 +404,8 @@ class Reflector:
             self._cut(resp)
         self.stats["watches"] += 1
         self._healthy()
-        delivered = 0
+        opened = time.monotonic()
+        delivered = 0  # events and bookmarks: proof the stream was alive
         try:
             for line in _lines(resp):
                 if self._stopping.is_set():
@@ -411,6 +419,7 @@ class Reflector:
                     raise WatchError(f"{obj.get('code')} {obj.get('reason')}: "
                                      f"{obj.get('message')}")
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
+                delivered += 1
                 if etype == "BOOKMARK":
                     self.stats["bookmarks"] += 1
                     if rv:
@@ -423,17 +432,14 @@ class Reflector:
                     self._cache[key] = obj
                 if rv:
                     self._rv = rv
-                delivered += 1
                 self.stats["events"] += 1
                 self._notify(etype, key, obj)
-            self._last_broke = False
+            self._check_short(delivered, opened, None)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             if self._stopping.is_set():
                 return
             self.stats["stream_breaks"] += 1
-            if self._last_broke and not delivered:
-                raise  # it keeps breaking: back off rather than spin
-            self._last_broke = True
+            self._check_short(delivered, opened, e)
             log.debug("%s: watch stream broke (%s); re-watching from %s", self.name,
                       _describe(e), self._rv)
         finally:
@@ -441,6 +447,21 @@ class Reflector:
                 self._resp = None
             resp.close()
             resp.release_conn()
+
+
+    def _check_short(self, delivered: int, opened: float, exc: Exception | None) -> None:
+        """One stream that ends at once is normal (a drop, a restart); a second in a row
+        means the server keeps ending them: back off instead of spinning (client-go's
+        "very short watch")."""
+        if delivered or time.monotonic() - opened >= 1.0:
+            self._short_streams = 0
+            return
+        self._short_streams += 1
+        if self._short_streams >= 2:
+            self._short_streams = 0
+            if exc is not None:
+                raise exc
+            raise WatchError("watch ended twice in a row at once, with no events")
 
 
 # The resources the watcher follows, by the name used in logs and `status`.

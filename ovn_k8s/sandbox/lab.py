@@ -105,27 +105,42 @@ POLL = 0.01  # seconds between polls; every wait below also has a deadline
 DAEMON_START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
-# The lab's pod TCP server: echo one message per connection. Not http.server, which
-# does reverse DNS before listen() and stalls in an isolated netns (DESIGN.md).
-# argv: port, lab dir (only so the process can be found by the dir in its cmdline).
+# The lab's pod server, on one port over TCP and UDP: echo one message per
+# connection or datagram. Not http.server, which does reverse DNS before listen()
+# and stalls in an isolated netns (DESIGN.md). Queries instead of an echo:
+# "peer?" -> the source address it sees (proves SNAT), "name?" -> its own pod
+# address (which backend a load balancer picked). argv: port, lab dir (only so the
+# process can be found by the dir in its cmdline), the pod's address.
 _TCP_SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
+import select, socket, sys
+port, me = int(sys.argv[1]), sys.argv[3]
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", port))
+t.listen(64)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", port))
+def answer(data, peer):
+    if data == b"peer?\\n":
+        return f"{peer[0]}\\n".encode()
+    if data == b"name?\\n":
+        return f"{me}\\n".encode()
+    return data
 print("ready", flush=True)
 while True:
-    c, peer = s.accept()
-    c.settimeout(5)
-    try:
-        data = c.recv(4096)
-        # "peer?" asks who connected: tests prove SNAT by the source the server sees.
-        c.sendall(f"{peer[0]}\\n".encode() if data == b"peer?\\n" else data)
-    except OSError:
-        pass
-    finally:
-        c.close()
+    ready, _, _ = select.select([t, u], [], [])
+    if u in ready:
+        data, peer = u.recvfrom(4096)
+        u.sendto(answer(data, peer), peer)
+    if t in ready:
+        c, peer = t.accept()
+        c.settimeout(5)
+        try:
+            c.sendall(answer(c.recv(4096), peer))
+        except OSError:
+            pass
+        finally:
+            c.close()
 """
 
 
@@ -506,7 +521,11 @@ class LabPod:
             sock.close()
 
     def tcp_peer(self, ip: str, port: int, timeout: float = 2.0) -> str | None:
-        """The source address a lab TCP server at ``ip:port`` sees for our connection."""
+        """The source address a lab server at ``ip:port`` sees for our connection."""
+        return self.tcp_query(ip, port, "peer?", timeout)
+
+    def tcp_query(self, ip: str, port: int, query: str, timeout: float = 2.0) -> str | None:
+        """Ask a lab server at ``ip:port`` over TCP ("peer?" or "name?"); None if no answer."""
         try:
             sock = netns.create_socket(self.netns, socket.AF_INET, socket.SOCK_STREAM)
         except Exception as e:
@@ -514,7 +533,23 @@ class LabPod:
         try:
             sock.settimeout(timeout)
             sock.connect((ip, port))
-            sock.sendall(b"peer?\n")
+            sock.sendall(f"{query}\n".encode())
+            return sock.recv(4096).decode().strip() or None
+        except OSError:
+            return None
+        finally:
+            sock.close()
+
+    def udp_query(self, ip: str, port: int, query: str = "name?",
+                  timeout: float = 2.0) -> str | None:
+        """Ask a lab server at ``ip:port`` over UDP; None if no answer in time."""
+        try:
+            sock = netns.create_socket(self.netns, socket.AF_INET, socket.SOCK_DGRAM)
+        except Exception as e:
+            raise LabError(f"cannot open a socket in {self.netns}: {e}") from e
+        try:
+            sock.settimeout(timeout)
+            sock.sendto(f"{query}\n".encode(), (ip, port))
             return sock.recv(4096).decode().strip() or None
         except OSError:
             return None
@@ -525,7 +560,8 @@ class LabPod:
         """Start the lab's echo server on ``port`` in the pod; returns its pid."""
         if port in self.servers and _pid_alive(self.servers[port]):
             return self.servers[port]
-        server = [sys.executable, "-I", "-S", "-c", _TCP_SERVER, str(port), self.lab.dir_marker]
+        server = [sys.executable, "-I", "-S", "-c", _TCP_SERVER, str(port), self.lab.dir_marker,
+                  self.address]
         argv = _ns_argv(self.netns, server)
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
