@@ -28,6 +28,10 @@ CLUSTER_LB_GROUP = "k8s-cluster-lbs"
 PROTOCOLS = ("tcp", "udp", "sctp")
 PHYSNET = "physnet"
 
+# A VIP without backends answers with a reset (TCP) or port unreachable instead of
+# silently dropping: a client of a service scaled to zero fails at once.
+LB_OPTIONS = {"reject": "true"}
+
 OWNER_TYPE = "k8s.ovn.org/owner-type"
 OWNER = "k8s.ovn.org/owner"
 # Marks which of our rows is which, so later code finds them without parsing names.
@@ -126,7 +130,7 @@ def cluster_commands(nb: NbDb, spec: ClusterSpec) -> list:
         ),
     ]
     lbs = [
-        nb.ensure("Load_Balancer", cluster_lb_name(p), protocol=p,
+        nb.ensure("Load_Balancer", cluster_lb_name(p), protocol=p, options=LB_OPTIONS,
                   external_ids=owned("cluster", "cluster", f"cluster-lb-{p}"))
         for p in PROTOCOLS
     ]
@@ -216,7 +220,7 @@ def gateway_commands(nb: NbDb, cluster: ClusterSpec, gw: GatewaySpec) -> list:
     ids = owned("node", node, "gateway")
     ext_switch = f"ext_{node}"
     lbs = [
-        nb.ensure("Load_Balancer", gateway_lb_name(node, p), protocol=p,
+        nb.ensure("Load_Balancer", gateway_lb_name(node, p), protocol=p, options=LB_OPTIONS,
                   external_ids=owned("node", node, f"gateway-lb-{p}"))
         for p in PROTOCOLS
     ]

@@ -160,3 +160,45 @@ def port_address(row: Any) -> netaddr.IPAddress | None:
             except (netaddr.AddrFormatError, ValueError):
                 return None
     return None
+
+
+# ---- services -------------------------------------------------------------------------
+
+SERVICE = "service"
+
+
+def vip(ip: str, port: int) -> str:
+    """An OVN load-balancer VIP or backend: ``ip:port``, ``[ip]:port`` for IPv6."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def service_lb_name(namespace: str, name: str, protocol: str) -> str:
+    """A service's own load balancer (when it needs per-LB options such as affinity)."""
+    return f"k8s-svc-{namespace}_{name}-{protocol}"
+
+
+class SetVips(ovsdbapp_command.BaseCommand):
+    """Change some VIPs of one load balancer in place.
+
+    ``setkey``/``delkey`` become OVSDB ``mutate`` operations on the ``vips`` map, so
+    one service's change does not rewrite the other services' VIPs sharing the row.
+    A missing load balancer is skipped (its gateway went away meanwhile).
+    """
+
+    def __init__(self, api: Any, lb: str, set_: dict[str, str], remove: list[str]) -> None:
+        super().__init__(api)
+        self.lb = lb
+        self.set_ = set_
+        self.remove = remove
+
+    def run_idl(self, txn: Any) -> None:
+        row = idlutils.row_by_value(self.api.idl, "Load_Balancer", "name", self.lb, None)
+        if row is None:
+            return
+        current = row.vips
+        for key in self.remove:
+            if key in current:
+                row.delkey("vips", key)
+        for key, value in self.set_.items():
+            if current.get(key) != value:
+                row.setkey("vips", key, value)

@@ -20,6 +20,7 @@ from kubernetes import client as k8s
 from ovn_k8s import ipam, topology, translate
 from ovn_k8s.handlers.nodes import NodeHandler
 from ovn_k8s.handlers.pods import PodHandler
+from ovn_k8s.handlers.services import ServiceHandler
 from ovn_k8s.kube.reflector import reflector_for
 from ovn_k8s.kube.workqueue import WorkQueue
 from ovn_k8s.ovsdb import NbDb
@@ -58,8 +59,14 @@ class Watcher:
         v1 = k8s.CoreV1Api(api)
         self.node_reflector = reflector_for(api, "nodes", handler=self._on_node)
         self.pod_reflector = reflector_for(api, "pods", handler=self._on_pod)
+        self.service_reflector = reflector_for(api, "services", handler=self._on_service)
+        self.slice_reflector = reflector_for(api, "endpointslices", handler=self._on_slice)
+        self.reflectors = (self.node_reflector, self.pod_reflector, self.service_reflector,
+                           self.slice_reflector)
         self.node_queue = WorkQueue("nodes")
         self.pod_queue = WorkQueue("pods")
+        self.service_queue = WorkQueue("services")
+        self.queues = (self.node_queue, self.pod_queue, self.service_queue)
         self.nodes = NodeHandler(
             nb, self.node_reflector, lambda name, body: _patched(v1.patch_node(
                 name, body, _preload_content=False)),
@@ -69,8 +76,12 @@ class Watcher:
             lambda ns, name, body: _patched(v1.patch_namespaced_pod(
                 name, ns, body, _preload_content=False)),
             self.nodes.subnet, retry=self.pod_queue.retry)
+        self.services = ServiceHandler(nb, self.service_reflector, self.slice_reflector)
         self._lock = threading.Lock()
-        self._early: dict[str, set[str]] | None = {"nodes": set(), "pods": set()}
+        self._early: dict[str, set[str]] | None = {"nodes": set(), "pods": set(),
+                                                   "services": set()}
+        self._stopping = threading.Event()
+        self._gateway_watch: threading.Thread | None = None
         self.started_at: float | None = None
         self.sync_report: dict[str, Any] = {}
 
@@ -90,6 +101,37 @@ class Watcher:
                 return
         self.pod_queue.add(key)
 
+    def _on_service(self, _etype: str, key: str, _obj: Any) -> None:
+        self._queue_service(key)
+
+    def _on_slice(self, etype: str, key: str, obj: Any) -> None:
+        owner = self.services.slice_event(key, None if etype == "DELETED" else obj)
+        if owner is not None:
+            self._queue_service(owner)
+
+    def _queue_service(self, key: str) -> None:
+        with self._lock:
+            if self._early is not None:
+                self._early["services"].add(key)
+                return
+        self.service_queue.add(key)
+
+    def _watch_gateways(self, interval: float = 2.0) -> None:
+        """Gateways come from gateway-init, not from Kubernetes: when their set changes,
+        every service is handled again for its NodePort and external VIPs."""
+        known = self.services.gateways()
+        while not self._stopping.wait(interval):
+            try:
+                now = self.services.gateways()
+            except Exception:  # NB reconnecting; try again next round
+                continue
+            if now != known:
+                LOG.info("gateways now %s: updating every service",
+                         ", ".join(g.node for g in now) or "none")
+                known = now
+                for key in self.service_reflector.keys():
+                    self.service_queue.add(key)
+
     def _requeue_node_pods(self, node: str, _subnet: Any) -> None:
         """Pods that waited for their node's subnet can go now."""
         for key, pod in self.pod_reflector.items():
@@ -101,27 +143,33 @@ class Watcher:
     def start(self, timeout: float = 60.0) -> None:
         t0 = time.monotonic()
         self.nb.execute(*topology.cluster_commands(self.nb, self.cluster))
-        self.node_reflector.start()
-        self.pod_reflector.start()
-        for r in (self.node_reflector, self.pod_reflector):
+        for r in self.reflectors:
+            r.start()
+        for r in self.reflectors:
             if not r.wait_synced(max(0.0, timeout - (time.monotonic() - t0))):
                 raise TimeoutError(f"could not list {r.name} within {timeout:g}s")
         self.nodes.startup()
         stale_nodes = self.nodes.stale()
         stale_pods = self.pods.startup()
+        stale_vips = self.services.startup()
         with self._lock:
             early, self._early = self._early, None
         assert early is not None
         self.sync_report = {"stale_nodes": len(stale_nodes), "stale_pod_ports": len(stale_pods),
-                            "nodes": len(self.node_reflector), "pods": len(self.pod_reflector)}
+                            "stale_lb_commands": len(stale_vips),
+                            "nodes": len(self.node_reflector), "pods": len(self.pod_reflector),
+                            "services": len(self.service_reflector)}
         if self.sync_mode == "log":
             drift = [k for k in early["pods"] if self._pod_drifted(k)]
             self.sync_report["pods_drifted"] = len(drift)
             LOG.warning("sync mode log: %d stale pod ports, %d stale node switches, %d pods "
-                        "not in step with NB; left as they are", len(stale_pods),
-                        len(stale_nodes), len(drift))
-            early = {"nodes": set(), "pods": set()}
+                        "not in step with NB, %d load balancers with stale VIPs; left as "
+                        "they are", len(stale_pods), len(stale_nodes), len(drift),
+                        len(stale_vips))
+            early = {"nodes": set(), "pods": set(), "services": set()}
         else:
+            if stale_vips:
+                self.nb.execute(*stale_vips)
             early["nodes"].update(stale_nodes)
             early["pods"].update(stale_pods)
         # Nodes first, here: their subnets must be known before their pods are
@@ -134,8 +182,14 @@ class Watcher:
                 self.node_queue.add(key)
         for key in sorted(early["pods"]):
             self.pod_queue.add(key)
+        for key in sorted(early["services"]):
+            self.service_queue.add(key)
         self.node_queue.start(self.nodes.handle)
         self.pod_queue.start(batch_handler=self.pods.handle_batch, max_batch=self.pod_batch)
+        self.service_queue.start(batch_handler=self.services.handle_batch, max_batch=500)
+        self._gateway_watch = threading.Thread(target=self._watch_gateways, name="gateways",
+                                               daemon=True)
+        self._gateway_watch.start()
         self.started_at = time.monotonic()
         LOG.info("watching %d nodes and %d pods (start-up %.2fs)", len(self.node_reflector),
                  len(self.pod_reflector), self.started_at - t0)
@@ -149,16 +203,17 @@ class Watcher:
     def idle(self, timeout: float | None = None) -> bool:
         """True once both queues are empty and no key is being handled."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for q in (self.node_queue, self.pod_queue):
+        for q in self.queues:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not q.wait_idle(left):
                 return False
         return True
 
     def stop(self) -> None:
-        for r in (self.node_reflector, self.pod_reflector):
+        self._stopping.set()
+        for r in self.reflectors:
             r.stop()
-        for q in (self.node_queue, self.pod_queue):
+        for q in self.queues:
             q.shutdown()
         self.pods.close()
 
@@ -166,9 +221,9 @@ class Watcher:
         return {
             "sync_mode": self.sync_mode,
             "startup": self.sync_report,
-            "reflectors": {r.name: r.status() for r in (self.node_reflector,
-                                                         self.pod_reflector)},
-            "queues": {q.name: q.status() for q in (self.node_queue, self.pod_queue)},
+            "reflectors": {r.name: r.status() for r in self.reflectors},
+            "queues": {q.name: q.status() for q in self.queues},
             "pods": self.pods.status(),
+            "services": self.services.status(),
             "node_subnets_allocated": len(self.allocator),
         }

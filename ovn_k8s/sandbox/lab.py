@@ -1178,12 +1178,15 @@ class Lab:
         *,
         gateway: str | None = None,
         iface_id: str | None = None,
+        iface_id_ver: str | None = None,
         mtu: int = POD_MTU,
     ) -> LabPod:
         """Create pod ``name`` on ``node``: netns + veth on br-int with iface-id set.
 
         ``ip`` carries its prefix length ("10.0.0.5/24"); ``iface_id`` defaults to
-        ``name``. The LSP is the caller's business; see :meth:`LabPod.wait_up`.
+        ``name``. ``iface_id_ver`` (the pod UID) must match the LSP's
+        ``options:iface-id-ver`` when it has one, or ovn-controller will not bind it.
+        The LSP is the caller's business; see :meth:`LabPod.wait_up`.
         """
         n = self.node(node)
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", name):
@@ -1223,6 +1226,7 @@ class Lab:
                 f"external_ids:attached_mac={mac}",
                 f"external_ids:ip_address={iface}",
                 f"external_ids:sandbox={pod.netns}",
+                *([f"external_ids:iface-id-ver={iface_id_ver}"] if iface_id_ver else []),
             )
         except BaseException:
             with contextlib.suppress(Exception):

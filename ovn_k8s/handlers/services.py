@@ -1,0 +1,306 @@
+"""Services and EndpointSlices → VIPs on OVN load balancers (no kube-proxy).
+
+Where each VIP goes:
+- ClusterIPs (and externalIPs, load-balancer ingress IPs, so pods reach those too):
+  the cluster load balancers ``k8s-cluster-lb-<proto>`` that every node switch carries
+  through the load-balancer group. A service with ``sessionAffinity: ClientIP`` gets a
+  load balancer of its own in the group instead, because OVN's ``affinity_timeout`` is
+  an option of the whole row.
+- NodePorts (``<node physical IP>:<nodePort>``), externalIPs and ingress IPs: the
+  load balancers of every gateway router ``GR_<node>``; with
+  ``externalTrafficPolicy: Local`` only the endpoints on that node.
+
+Backends are the ready endpoints of the service's slices; when none is ready, the
+serving-and-terminating ones, as kube-proxy falls back. A VIP with no backend stays,
+empty: our load balancers carry ``reject=true`` (as ovn-kubernetes does), so clients
+get a reset at once instead of waiting for a timeout.
+
+Changes are written as map mutations of single VIPs (translate.SetVips), batched into
+one transaction per queue batch. What a service owns is remembered, so a changed port
+or a deleted service removes exactly its VIPs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import netaddr
+
+from ovn_k8s import topology, translate
+from ovn_k8s.ovsdb import NbDb
+
+LOG = logging.getLogger(__name__)
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+DEFAULT_AFFINITY_SECONDS = 10800  # Kubernetes' default ClientIP timeout
+
+
+class ServiceError(ValueError):
+    """A service that cannot be translated (the API server would not have taken it)."""
+
+
+@dataclass(frozen=True)
+class Gateway:
+    node: str
+    ip: str
+
+
+@dataclass
+class Desired:
+    """What one service wants: VIP → backends per shared load balancer, and its own LBs."""
+
+    vips: dict[tuple[str, str], str] = field(default_factory=dict)  # (lb, vip) -> backends
+    own_lbs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> columns
+
+
+def _ip(text: Any, what: str) -> str:
+    try:
+        return str(netaddr.IPAddress(str(text)))
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise ServiceError(f"{what} {text!r} is not an IP address") from None
+
+
+def _port(value: Any, what: str) -> int:
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ServiceError(f"{what} {value!r} is not a port number")
+    return value
+
+
+def endpoints_for(slices: Iterable[dict[str, Any]], port_name: str, protocol: str
+                  ) -> list[tuple[str, int, str | None]]:
+    """(ip, port, node) of the usable endpoints for one service port, as kube-proxy picks
+    them: the ready ones, else the serving and terminating ones."""
+    ready: set[tuple[str, int, str | None]] = set()
+    fallback: set[tuple[str, int, str | None]] = set()
+    for sl in slices:
+        if sl.get("addressType", "IPv4") not in ("IPv4", "IPv6"):
+            continue  # FQDN slices have no addresses OVN can use
+        number = next((p.get("port") for p in sl.get("ports") or ()
+                       if (p.get("name") or "") == port_name
+                       and (p.get("protocol") or "TCP") == protocol), None)
+        if not isinstance(number, int):
+            continue
+        for ep in sl.get("endpoints") or ():
+            cond = ep.get("conditions") or {}
+            node = ep.get("nodeName")
+            for addr in ep.get("addresses") or ():
+                item = (str(addr), number, node)
+                # ready unset means "unknown": consumers treat it as ready.
+                if cond.get("ready", True):
+                    ready.add(item)
+                elif cond.get("serving") and cond.get("terminating"):
+                    fallback.add(item)
+    return sorted(ready or fallback)
+
+
+def desired_for(svc: dict[str, Any], slices: list[dict[str, Any]],
+                gateways: list[Gateway]) -> Desired:
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    out = Desired()
+    cluster_ips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")])
+                   if ip and ip != "None"]
+    cluster_ips = [_ip(ip, "clusterIP") for ip in cluster_ips]
+    external = [_ip(ip, "externalIP") for ip in spec.get("externalIPs") or ()]
+    external += [_ip(i["ip"], "load-balancer ingress IP")
+                 for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get(
+                     "ingress") or () if i.get("ip")]
+    affinity = spec.get("sessionAffinity") == "ClientIP"
+    timeout = (((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+               .get("timeoutSeconds") or DEFAULT_AFFINITY_SECONDS)
+    local = spec.get("externalTrafficPolicy") == "Local"
+    node_ports = spec.get("type") in ("NodePort", "LoadBalancer")
+    for p in spec.get("ports") or ():
+        protocol = PROTOCOLS.get(p.get("protocol") or "TCP")
+        if protocol is None:
+            raise ServiceError(f"protocol {p.get('protocol')!r} is not TCP, UDP or SCTP")
+        port = _port(p.get("port"), "port")
+        eps = endpoints_for(slices, p.get("name") or "", p.get("protocol") or "TCP")
+        backends = ",".join(translate.vip(ip, num) for ip, num, _ in eps)
+        if cluster_ips or external:
+            if affinity:
+                lb = translate.service_lb_name(namespace, name, protocol)
+                row = out.own_lbs.setdefault(lb, {
+                    "protocol": protocol, "vips": {},
+                    "options": {"affinity_timeout": str(timeout), "reject": "true"},
+                    "external_ids": topology.owned(translate.SERVICE,
+                                                   translate.pod_key(namespace, name),
+                                                   "service-lb"),
+                })
+                for ip in cluster_ips + external:
+                    row["vips"][translate.vip(ip, port)] = backends
+            else:
+                for ip in cluster_ips + external:
+                    out.vips[(topology.cluster_lb_name(protocol), translate.vip(ip, port))] = (
+                        backends)
+        for gw in gateways:
+            lb = topology.gateway_lb_name(gw.node, protocol)
+            gw_backends = backends
+            if local:
+                gw_backends = ",".join(translate.vip(ip, num) for ip, num, node in eps
+                                       if node == gw.node)
+            for ip in external:
+                out.vips[(lb, translate.vip(ip, port))] = gw_backends
+            if node_ports and p.get("nodePort"):
+                out.vips[(lb, translate.vip(gw.ip, _port(p["nodePort"], "nodePort")))] = (
+                    gw_backends)
+    return out
+
+
+class ServiceHandler:
+    def __init__(self, nb: NbDb, services: Any, slices: Any) -> None:
+        self.nb = nb
+        self.services = services
+        self.slices = slices
+        self._by_service: dict[str, set[str]] = {}  # service key -> slice keys
+        self._slice_owner: dict[str, str] = {}
+        self._owned: dict[str, Desired] = {}
+        self._lock = threading.Lock()
+        self._reported: set[tuple[str, str]] = set()
+        self.counters = {"transactions": 0, "vips_set": 0, "vips_removed": 0}
+
+    # ---- the slice index ---------------------------------------------------------------
+
+    def slice_event(self, key: str, obj: dict[str, Any] | None) -> str | None:
+        """Track which service a slice belongs to; returns the service key to handle."""
+        with self._lock:
+            old = self._slice_owner.pop(key, None)
+            if old is not None:
+                self._by_service.get(old, set()).discard(key)
+            if obj is None:
+                return old
+            svc = ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+            if not svc:
+                return old
+            owner = translate.pod_key(obj["metadata"]["namespace"], svc)
+            self._slice_owner[key] = owner
+            self._by_service.setdefault(owner, set()).add(key)
+            return owner
+
+    def _slices_of(self, key: str) -> list[dict[str, Any]]:
+        with self._lock:
+            keys = list(self._by_service.get(key, ()))
+        return [s for s in (self.slices.get(k) for k in keys) if s is not None]
+
+    # ---- NB ----------------------------------------------------------------------------
+
+    def gateways(self) -> list[Gateway]:
+        """Every gateway router gateway-init made, with the node's physical IP."""
+        out = []
+        ports = {p.name: p for p in self.nb.rows("Logical_Router_Port")}
+        for r in self.nb.rows("Logical_Router"):
+            if not r.name.startswith("GR_") or r.external_ids.get(topology.ROLE) != "gateway":
+                continue
+            lrp = ports.get(f"rtoe-{r.name}")
+            if lrp is not None and lrp.networks:
+                out.append(Gateway(r.name[3:], str(netaddr.IPNetwork(lrp.networks[0]).ip)))
+        return sorted(out, key=lambda g: g.node)
+
+    def _report_once(self, key: str, message: str) -> None:
+        if (key, message) not in self._reported:
+            self._reported.add((key, message))
+            LOG.error("service %s: %s", key, message)
+
+    def _desired(self, key: str, gateways: list[Gateway]) -> Desired:
+        svc = self.services.get(key)
+        if svc is None:
+            return Desired()
+        try:
+            return desired_for(svc, self._slices_of(key), gateways)
+        except (ServiceError, KeyError, TypeError) as e:
+            self._report_once(key, f"skipped: {e}")
+            return Desired()
+
+    # ---- start-up ----------------------------------------------------------------------
+
+    def startup(self) -> list[Any]:
+        """Commands removing what we own that no service wants (none when all is right)."""
+        gateways = self.gateways()
+        wanted: dict[str, set[str]] = {}
+        wanted_lbs: set[str] = set()
+        for key, _ in self.services.items():
+            d = self._desired(key, gateways)
+            self._owned[key] = d
+            for lb, v in d.vips:
+                wanted.setdefault(lb, set()).add(v)
+            wanted_lbs.update(d.own_lbs)
+        cmds: list[Any] = []
+        for lb in self.nb.rows("Load_Balancer"):
+            owner_type = lb.external_ids.get(topology.OWNER_TYPE)
+            if owner_type == translate.SERVICE:
+                if lb.name not in wanted_lbs:
+                    cmds.append(self.nb.api.lb_del(lb.name, if_exists=True))
+            elif owner_type in ("cluster", "node"):
+                stale = [v for v in lb.vips if v not in wanted.get(lb.name, ())]
+                if stale:
+                    cmds.append(translate.SetVips(self.nb.api, lb.name, {}, stale))
+        # Forget what startup computed: the first pass over every key then writes
+        # exactly the differences from NB.
+        self._owned = {}
+        return cmds
+
+    # ---- events ------------------------------------------------------------------------
+
+    def handle_batch(self, keys: list[str]) -> list[str]:
+        gateways = self.gateways()
+        lbs = {lb.name: lb for lb in self.nb.rows("Load_Balancer")}
+        sets: dict[str, dict[str, str]] = {}
+        removes: dict[str, list[str]] = {}
+        cmds: list[Any] = []
+        planned: dict[str, Desired] = {}
+        for key in keys:
+            new = self._desired(key, gateways)
+            old = self._owned.get(key, Desired())
+            planned[key] = new
+            for (lb, v), backends in new.vips.items():
+                row = lbs.get(lb)
+                if row is not None and row.vips.get(v) != backends:
+                    sets.setdefault(lb, {})[v] = backends
+            for lb, v in set(old.vips) - set(new.vips):
+                row = lbs.get(lb)
+                if row is not None and v in row.vips:
+                    removes.setdefault(lb, []).append(v)
+            cmds += self._own_lb_commands(key, old, new, lbs)
+        for lb in sorted(set(sets) | set(removes)):
+            cmds.append(translate.SetVips(self.nb.api, lb, sets.get(lb, {}),
+                                          removes.get(lb, [])))
+            self.counters["vips_set"] += len(sets.get(lb, {}))
+            self.counters["vips_removed"] += len(removes.get(lb, []))
+        if cmds:
+            self.nb.execute(*cmds)
+            self.counters["transactions"] += 1
+        self._owned.update(planned)
+        for key in keys:
+            if key not in self.services:
+                self._owned.pop(key, None)
+        return []
+
+    def _own_lb_commands(self, key: str, old: Desired, new: Desired,
+                         lbs: dict[str, Any]) -> list[Any]:
+        cmds: list[Any] = []
+        group = topology.CLUSTER_LB_GROUP
+        for name, columns in new.own_lbs.items():
+            row = lbs.get(name)
+            if row is not None and all(getattr(row, c) == v for c, v in columns.items()
+                                       if c != "protocol"):
+                continue
+            lb = self.nb.ensure("Load_Balancer", name, **columns)
+            cmds += [lb, self.nb.api.db_add("Load_Balancer_Group", group, "load_balancer", lb)]
+        gone = set(old.own_lbs) - set(new.own_lbs)
+        if key not in self.services:
+            # Deleted while we were down or since: whatever it owned goes.
+            gone |= {n for n, r in lbs.items()
+                     if r.external_ids.get(topology.OWNER_TYPE) == translate.SERVICE
+                     and r.external_ids.get(topology.OWNER) == key}
+        for name in sorted(gone):
+            if name in lbs:
+                cmds.append(self.nb.api.lb_del(name, if_exists=True))
+        return cmds
+
+    def status(self) -> dict[str, Any]:
+        return {"services": len(self._owned), **self.counters}

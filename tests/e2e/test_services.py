@@ -1,0 +1,224 @@
+"""Services through OVN load balancers: the watcher, the lab's real datapath, real packets.
+
+The lab plays kubelet + CNI for the pods (a netns wired with the addresses the watcher
+annotated) and the endpoints controller (the test writes the EndpointSlices).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from watcher_env import make_node, make_pod, pod_network, settle, wait_for, watcher_env
+
+from ovn_k8s import topology, translate
+
+BIN = Path(sys.executable).parent
+PHYSICAL_IP = "10.33.80.138"
+EXTERNAL_HOST = "10.33.80.1"
+NODE_PORT = 30080
+BACKENDS = (("web-a", "node1"), ("web-b", "node2"), ("web-c", "node2"))
+
+
+@pytest.fixture(scope="module")
+def env():
+    yield from watcher_env(nodes=2)
+
+
+@pytest.fixture(scope="module")
+def cluster(env):
+    """Nodes, a NIC-mode gateway on node2 with an external host, backends and a client."""
+    lab, _, v1, _, _ = env
+    for node in ("node1", "node2"):
+        make_node(v1, node)
+    host = lab.add_external_host("node2", "outside", f"{EXTERNAL_HOST}/24", nic="eth1")
+    proc = lab.node("node2").exec(
+        [str(BIN / "ovn-k8s-overlay"), "gateway-init", "--cluster-ip-subnet", "10.144.0.0/16",
+         "--physical-interface", "eth1", "--physical-ip", f"{PHYSICAL_IP}/24",
+         "--node-name", "node2", "--default-gw", EXTERNAL_HOST, "--nb", lab.nb_remote,
+         "--timeout", "10"], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    pods = {}
+    for name, node in (*BACKENDS, ("client", "node1")):
+        pods[name] = wire_pod(env, name, node)
+    for name, _ in BACKENDS:
+        pods[name].serve_tcp(8080)
+    return pods, host
+
+
+def wire_pod(env, name: str, node: str):
+    """What kubelet and the CNI plugin do, with the watcher's annotation."""
+    lab, _, v1, _, _ = env
+    make_pod(v1, name, node)
+    wait_for(lambda: pod_network(v1, name) is not None, what=f"{name}'s annotation")
+    net = pod_network(v1, name)
+    uid = v1.read_namespaced_pod(name, "default").metadata.uid
+    pod = lab.add_pod(node, name, str(net.ip), net.mac, gateway=str(net.gateway),
+                      iface_id=translate.lsp_name("default", name), iface_id_ver=uid)
+    lab.wait_port_up(translate.lsp_name("default", name))
+    return pod
+
+
+def endpoint_slice(names: list[str], pods) -> dict:
+    return {
+        "metadata": {"name": "web-abc12",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [pods[n].address], "conditions": {"ready": True},
+                       "nodeName": dict(BACKENDS)[n]} for n in names],
+        "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"},
+                  {"name": "udp", "port": 8080, "protocol": "UDP"}],
+    }
+
+
+@pytest.fixture(scope="module")
+def service(env, cluster):
+    _, _, v1, _, nb = env
+    pods, _ = cluster
+    dv1 = discovery(env)
+    svc = v1.create_namespaced_service("default", {
+        "metadata": {"name": "web"},
+        "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [
+            {"name": "tcp", "port": 80, "targetPort": 8080, "protocol": "TCP",
+             "nodePort": NODE_PORT},
+            {"name": "udp", "port": 53, "targetPort": 8080, "protocol": "UDP"}]},
+    })
+    dv1.create_namespaced_endpoint_slice("default",
+                                         endpoint_slice([n for n, _ in BACKENDS], pods))
+    ip = svc.spec.cluster_ip
+    wait_for(lambda: backends_in_nb(nb, "tcp", f"{ip}:80") == 3, what="the VIP in NB")
+    return ip
+
+
+def discovery(env):
+    from kubernetes import client  # noqa: PLC0415
+
+    _, srv, _, _, _ = env
+    return client.DiscoveryV1Api(srv.api_client())
+
+
+def backends_in_nb(nb, protocol: str, vip: str) -> int:
+    nb.execute(nb.api.ls_list())
+    lb = next(lb for lb in nb.rows("Load_Balancer")
+              if lb.name == topology.cluster_lb_name(protocol))
+    value = lb.vips.get(vip)
+    return -1 if value is None else len([b for b in value.split(",") if b])
+
+
+def answers(query, tries: int = 24) -> list[str | None]:
+    return [query() for _ in range(tries)]
+
+
+def test_cluster_ip_spreads_over_backends_tcp_and_udp(cluster, service):
+    pods, _ = cluster
+    client = pods["client"]
+    backends = {pods[n].address for n, _ in BACKENDS}
+    tcp = answers(lambda: client.tcp_query(service, 80, "name?"))
+    assert set(tcp) <= backends and None not in tcp
+    assert len(set(tcp)) >= 2, f"all TCP connections went to {set(tcp)}"
+    udp = answers(lambda: client.udp_query(service, 53, "name?"))
+    assert set(udp) <= backends and None not in udp
+    assert len(set(udp)) >= 2, f"all UDP datagrams went to {set(udp)}"
+
+
+def test_node_port_from_the_external_host(cluster, service):
+    pods, host = cluster
+    backends = {pods[n].address for n, _ in BACKENDS}
+    got = answers(lambda: host.tcp_query(PHYSICAL_IP, NODE_PORT, "name?"), 6)
+    assert None not in got and set(got) <= backends
+
+
+def test_client_ip_affinity_holds_a_client(env, cluster, service):
+    _, _, v1, _, nb = env
+    pods, _ = cluster
+    v1.patch_namespaced_service("web", "default", {"spec": {
+        "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}})
+    lb_name = translate.service_lb_name("default", "web", "tcp")
+    wait_for(lambda: any(lb.name == lb_name for lb in nb.rows("Load_Balancer")),
+             what="the service's own load balancer")
+    wait_for(lambda: backends_in_nb(nb, "tcp", f"{service}:80") == -1,
+             what="the VIP to leave the shared load balancer")
+    # NB is written; give ovn-controller the moment it needs to swap the flows.
+    wait_for(lambda: pods["client"].tcp_query(service, 80, "name?") is not None,
+             what="the service to answer through its own load balancer")
+    got = answers(lambda: pods["client"].tcp_query(service, 80, "name?"), 12)
+    assert None not in got and len(set(got)) == 1, f"affinity broken: {got}"
+    v1.patch_namespaced_service("web", "default", {"spec": {"sessionAffinity": "None"}})
+    wait_for(lambda: not any(lb.name == lb_name for lb in nb.rows("Load_Balancer")),
+             what="the service's own load balancer to go")
+    wait_for(lambda: backends_in_nb(nb, "tcp", f"{service}:80") == 3, what="shared VIP back")
+
+
+def test_scale_to_one_then_zero(env, cluster, service):
+    lab, _, _, _, nb = env
+    pods, _ = cluster
+    dv1 = discovery(env)
+    dv1.replace_namespaced_endpoint_slice("web-abc12", "default",
+                                          endpoint_slice(["web-b"], pods))
+    wait_for(lambda: backends_in_nb(nb, "tcp", f"{service}:80") == 1, what="one backend")
+    wait_for(lambda: {pods["client"].tcp_query(service, 80, "name?") for _ in range(6)}
+             == {pods["web-b"].address}, what="the datapath to follow")
+    got = answers(lambda: pods["client"].tcp_query(service, 80, "name?"), 10)
+    assert set(got) == {pods["web-b"].address}
+
+    dv1.replace_namespaced_endpoint_slice("web-abc12", "default", endpoint_slice([], pods))
+    wait_for(lambda: backends_in_nb(nb, "tcp", f"{service}:80") == 0, what="no backend")
+    lab.sync()  # every chassis has the flows of what NB holds now
+    start = time.monotonic()
+    assert pods["client"].tcp_query(service, 80, "name?", timeout=3) is None
+    assert time.monotonic() - start < 1.0, "no backend must fail fast (reject), not time out"
+
+    dv1.replace_namespaced_endpoint_slice("web-abc12", "default",
+                                          endpoint_slice([n for n, _ in BACKENDS], pods))
+    wait_for(lambda: backends_in_nb(nb, "tcp", f"{service}:80") == 3, what="three again")
+
+
+def test_malformed_service_is_skipped(env, cluster, service):
+    _, _, v1, watcher, nb = env
+    v1.create_namespaced_service("default", {
+        "metadata": {"name": "broken"},
+        "spec": {"ports": [{"port": 81, "protocol": "TCP"}], "externalIPs": ["not-an-ip"]},
+    })
+    ok = v1.create_namespaced_service("default", {
+        "metadata": {"name": "fine"}, "spec": {"ports": [{"port": 82, "protocol": "TCP"}]}})
+    wait_for(lambda: backends_in_nb(nb, "tcp", f"{ok.spec.cluster_ip}:82") == 0,
+             what="the good service's VIP")
+    wait_for(lambda: "service default/broken: skipped" in watcher.log(), what="the report")
+
+
+def test_deleted_service_loses_its_vips(env, cluster, service):
+    _, _, v1, _, nb = env
+    svc = v1.create_namespaced_service("default", {
+        "metadata": {"name": "gone"}, "spec": {"ports": [{"port": 83, "protocol": "UDP"}]}})
+    vip = f"{svc.spec.cluster_ip}:83"
+    wait_for(lambda: backends_in_nb(nb, "udp", vip) == 0, what="the VIP")
+    v1.delete_namespaced_service("gone", "default")
+    wait_for(lambda: backends_in_nb(nb, "udp", vip) == -1, what="the VIP gone")
+
+
+def test_restart_writes_nothing_and_removes_stale_vips(env, cluster, service):
+    _, _, v1, watcher, nb = env
+    wait_for(watcher.idle, what="the watcher to settle")
+    watcher.stop()
+    # While it is down: a service goes away, and someone else's junk VIP appears in
+    # our load balancer.
+    v1.delete_namespaced_service("fine", "default")
+    lb = topology.cluster_lb_name("tcp")
+    nb.execute(nb.api.lb_add(lb, "10.96.99.99:99", ["10.144.0.99:99"], protocol="tcp",
+                             may_exist=True))
+    watcher.start()
+    wait_for(watcher.idle, what="the restarted watcher to settle")
+    wait_for(lambda: backends_in_nb(nb, "tcp", "10.96.99.99:99") == -1, what="stale VIP gone")
+    assert backends_in_nb(nb, "tcp", f"{service}:80") == 3
+
+    watcher.stop()
+    seqno = settle(nb)
+    watcher.start()
+    wait_for(watcher.idle, what="the watcher to settle again")
+    time.sleep(0.5)
+    nb.execute(nb.api.ls_list())
+    assert nb.api.idl.change_seqno == seqno, "a restart with nothing changed wrote to NB"
+    assert watcher.status()["services"]["transactions"] == 0
