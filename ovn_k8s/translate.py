@@ -195,7 +195,7 @@ class SetVips(ovsdbapp_command.BaseCommand):
         row = idlutils.row_by_value(self.api.idl, "Load_Balancer", "name", self.lb, None)
         if row is None:
             return
-        current = row.vips
+        current = row.vips  # one conversion of the whole map, not one per key
         for key in self.remove:
             if key in current:
                 row.delkey("vips", key)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,7 +163,8 @@ class ServiceHandler:
         self._owned: dict[str, Desired] = {}
         self._lock = threading.Lock()
         self._reported: set[tuple[str, str]] = set()
-        self.counters = {"transactions": 0, "vips_set": 0, "vips_removed": 0}
+        self.counters = {"transactions": 0, "transaction_ms": 0, "batches": 0,
+                         "batched_keys": 0, "vips_set": 0, "vips_removed": 0}
 
     # ---- the slice index ---------------------------------------------------------------
 
@@ -249,6 +251,14 @@ class ServiceHandler:
     def handle_batch(self, keys: list[str]) -> list[str]:
         gateways = self.gateways()
         lbs = {lb.name: lb for lb in self.nb.rows("Load_Balancer")}
+        # Reading row.vips converts the whole map; a shared LB holds every service's.
+        vips: dict[str, dict[str, str]] = {}
+
+        def current(lb: str) -> dict[str, str] | None:
+            if lb not in vips and lb in lbs:
+                vips[lb] = dict(lbs[lb].vips)
+            return vips.get(lb)
+
         sets: dict[str, dict[str, str]] = {}
         removes: dict[str, list[str]] = {}
         cmds: list[Any] = []
@@ -258,12 +268,12 @@ class ServiceHandler:
             old = self._owned.get(key, Desired())
             planned[key] = new
             for (lb, v), backends in new.vips.items():
-                row = lbs.get(lb)
-                if row is not None and row.vips.get(v) != backends:
+                have = current(lb)
+                if have is not None and have.get(v) != backends:
                     sets.setdefault(lb, {})[v] = backends
             for lb, v in set(old.vips) - set(new.vips):
-                row = lbs.get(lb)
-                if row is not None and v in row.vips:
+                have = current(lb)
+                if have is not None and v in have:
                     removes.setdefault(lb, []).append(v)
             cmds += self._own_lb_commands(key, old, new, lbs)
         for lb in sorted(set(sets) | set(removes)):
@@ -271,8 +281,12 @@ class ServiceHandler:
                                           removes.get(lb, [])))
             self.counters["vips_set"] += len(sets.get(lb, {}))
             self.counters["vips_removed"] += len(removes.get(lb, []))
+        self.counters["batches"] += 1
+        self.counters["batched_keys"] += len(keys)
         if cmds:
+            t0 = time.monotonic()
             self.nb.execute(*cmds)
+            self.counters["transaction_ms"] += round((time.monotonic() - t0) * 1000)
             self.counters["transactions"] += 1
         self._owned.update(planned)
         for key in keys:
