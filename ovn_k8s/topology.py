@@ -278,7 +278,23 @@ def gateway_commands(nb: NbDb, cluster: ClusterSpec, gw: GatewaySpec) -> list:
             _route(nb, CLUSTER_ROUTER, "0.0.0.0/0", gw.join_ip.ip,
                    owned("cluster", "cluster", "default-route", gateway=node))
         )
+    # Rerun with other rampout subnets (or none): this gateway's routes from before go.
+    wanted = {str(n) for n in gw.rampout_subnets}
+    for route in _cluster_routes(nb):
+        policy = route.policy[0] if route.policy else "dst-ip"
+        ours = route.external_ids.get(OWNER) == node and route.external_ids.get(ROLE) == "gateway"
+        stale_rampout = ours and policy == "src-ip" and route.ip_prefix not in wanted
+        stale_default = (wanted and route.external_ids.get(ROLE) == "default-route"
+                         and route.external_ids.get("gateway") == node)
+        if stale_rampout or stale_default:
+            cmds.append(nb.api.db_remove("Logical_Router", CLUSTER_ROUTER, "static_routes",
+                                         route.uuid, if_exists=True))
     return cmds
+
+
+def _cluster_routes(nb: NbDb) -> list:
+    router = next((r for r in nb.rows("Logical_Router") if r.name == CLUSTER_ROUTER), None)
+    return list(router.static_routes) if router is not None else []
 
 
 def _route(

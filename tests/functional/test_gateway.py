@@ -155,3 +155,15 @@ def test_rampout_subnets_leave_through_their_own_gateway(gw_lab):
     finally:
         lab.del_pod(a)
         lab.del_pod(b)
+
+    # Run again without rampout subnets: node1 becomes the default exit, and its
+    # source route goes (last gateway-init wins the default route, as in the lineage).
+    overlay(lab, "node1", "gateway-init", "--cluster-ip-subnet", CLUSTER,
+            "--physical-interface", "eth1", "--physical-ip", "10.33.75.138/24",
+            "--node-name", "node1", "--default-gw", "10.33.75.1")
+    nb.execute(nb.api.ls_list())
+    routes = {(r.ip_prefix, r.policy[0] if r.policy else "dst-ip", r.nexthop)
+              for r in cluster_router.static_routes}
+    gr1 = gr1_join.networks[0].split("/")[0]
+    assert (SUBNETS["node1"], "src-ip", gr1) not in routes
+    assert ("0.0.0.0/0", "dst-ip", gr1) in routes
