@@ -1,12 +1,18 @@
-"""The sandbox as a user drives it: `tools/sandbox [--dir D] up|status|down`."""
+"""The acceptance suite: the sandbox as a user drives it, `tools/sandbox [--dir D] up|status|down`.
+
+One sandbox (lab, API emulator, watcher, stand-in kubelets calling the CNI plugin, the
+demo) serves the checks in order; the last ones break and stop it."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +20,12 @@ import pytest
 from kubernetes import client, config
 from pyroute2 import netns
 
-from ovn_k8s import ovsdb
+from ovn_k8s import ovsdb, translate
 from ovn_k8s.sandbox.lab import Lab, lab_prefix
+from ovn_k8s.sandbox.system import DEMO_NAMESPACE, EXTERNAL_NET, NODE_PORT, Sandbox
+
+sys.path.insert(0, str(Path(__file__).parent))
+from watcher_env import convergence_problems
 
 TOP = Path(__file__).resolve().parents[2]
 SANDBOX = TOP / "tools" / "sandbox"
@@ -49,80 +59,185 @@ def running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
-@pytest.fixture
-def sandbox_dir() -> Iterator[Path]:
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("the sandbox needs root (network namespaces and OVS daemons)")
     base = Path(tempfile.mkdtemp(prefix="ovn-k8s-e2e-"))
-    directory = base / "sandbox"
-    yield directory
-    # Whatever the test did, leave nothing running.
-    Lab.load(directory).down()
-    for pid in processes_naming(str(directory)):
-        os.kill(pid, signal.SIGKILL)
+    yield base
+    # Whatever the tests did, leave nothing running.
+    for d in base.iterdir():
+        Sandbox.load(d, out=lambda _: None).down()
+        for pid in processes_naming(str(d)):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_up_status_down(sandbox_dir: Path) -> None:
-    up = sandbox(sandbox_dir, "up")
-    assert up.returncode == 0, up.stderr
-    assert "Kubernetes API (emulator): http://127.0.0.1:" in up.stdout
-    prefix = lab_prefix(sandbox_dir)
+@pytest.fixture(scope="module")
+def up(base: Path) -> tuple[Path, str]:
+    directory = base / "sandbox"
+    proc = sandbox(directory, "up", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return directory, proc.stdout
 
-    # What `up` printed is reachable: the API emulator through the kubeconfig with
-    # the official client, OVN NB through the facade, both chassis registered in SB.
-    api = config.new_client_from_config(str(sandbox_dir / "kubeconfig"))
+
+@pytest.fixture(scope="module")
+def kube(up):
+    api = config.new_client_from_config(str(up[0] / "kubeconfig"))
+    yield client.CoreV1Api(api)
+    api.close()
+
+
+def pod_netns(directory: Path, v1, name: str) -> str:
+    uid = v1.read_namespaced_pod(name, DEMO_NAMESPACE).metadata.uid
+    return Sandbox.load(directory, out=lambda _: None).client_netns(uid)
+
+
+def pod_ip(v1, name: str) -> str:
+    return v1.read_namespaced_pod(name, DEMO_NAMESPACE).status.pod_ip
+
+
+def ping(ns: str, ip: str, count: int = 2) -> bool:
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-n", "-c", str(count), "-i",
+                           "0.2", "-W", "2", ip], capture_output=True, check=False,
+                          timeout=30).returncode == 0
+
+
+def http_get(ns: str, ip: str, port: int = 80, timeout: float = 3.0) -> str | None:
+    sock = netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
     try:
-        names = [ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items]
-        assert "default" in names
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data.decode().split("\r\n\r\n", 1)[-1].strip()
+    except OSError:
+        return None
     finally:
-        api.close()
-    lab = Lab.load(sandbox_dir)
-    sb = ovsdb.SbDb(lab.sb_remote, timeout=10)
-    try:
-        assert sorted(c.name for c in sb.rows("Chassis")) == ["node1", "node2"]
-    finally:
-        sb.close()
-    assert (sandbox_dir / "kubeconfig").stat().st_mode & 0o077 == 0, "token readable by others"
-
-    status = sandbox(sandbox_dir, "status")
-    assert status.returncode == 0, status.stdout + status.stderr
-    assert "all daemons running" in status.stdout
-
-    # A dead daemon shows in status, by node and name, with a failing exit code.
-    controller = lab.node("node1").daemons["ovn-controller"]
-    os.kill(controller.read_pid(), signal.SIGKILL)
-    status = sandbox(sandbox_dir, "status")
-    assert status.returncode == 1
-    assert "node1/ovn-controller" in status.stdout
-
-    down = sandbox(sandbox_dir, "down")
-    assert down.returncode == 0, down.stderr
-    assert not sandbox_dir.exists()
-    assert processes_naming(str(sandbox_dir)) == []
-    assert [ns for ns in netns.listnetns() if ns.startswith(prefix)] == []
-
-    # Stopping twice is fine; status of nothing says so and fails.
-    again = sandbox(sandbox_dir, "down")
-    assert again.returncode == 0 and "nothing to stop" in again.stdout
-    gone = sandbox(sandbox_dir, "status")
-    assert gone.returncode == 1 and "no sandbox" in gone.stdout
+        sock.close()
 
 
-def test_up_twice_replaces_the_first(sandbox_dir: Path) -> None:
-    first = sandbox(sandbox_dir, "up", "--nodes", "1")
-    assert first.returncode == 0, first.stderr
-    old_apiserver = int((sandbox_dir / "apiserver.pid").read_text())
-
-    second = sandbox(sandbox_dir, "up", "--nodes", "1")
-    assert second.returncode == 0, second.stderr
-    assert int((sandbox_dir / "apiserver.pid").read_text()) != old_apiserver
-    assert not running(old_apiserver), "first API emulator left running"
-    assert sandbox(sandbox_dir, "status").returncode == 0
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
 
 
-def test_bad_flags_change_nothing(sandbox_dir: Path) -> None:
-    bad = sandbox(sandbox_dir, "up", "--nodes", "0")
+def test_up_prints_steps_and_the_table(up, kube, check) -> None:
+    directory, out = up
+    with check("up: every step reported with its time, the demo table printed"):
+        for step in ("lab: OVN central and 2 nodes", "Kubernetes API emulator",
+                     "ovn-k8s-watcher", "master-init and minion-init", "gateway-init",
+                     "stand-in kubelets", "demo:"):
+            assert step in out, f"step {step!r} not reported"
+        assert "service web: ClusterIP" in out and "curl -s http://" in out
+        assert (directory / "kubeconfig").stat().st_mode & 0o077 == 0, "token readable"
+        pods = kube.list_namespaced_pod(DEMO_NAMESPACE).items
+        assert {p.spec.node_name for p in pods} == {"node1", "node2"}
+        assert all(p.status.phase == "Running" and p.status.pod_ip for p in pods)
+
+
+def test_pods_on_both_nodes_ping_each_other(up, kube, check) -> None:
+    client_ns = pod_netns(up[0], kube, "client")
+    with check("a pod on node1 pings pods on node1 and node2"):
+        assert ping(client_ns, pod_ip(kube, "web-1")), "node1 -> node2 failed"
+        assert ping(client_ns, pod_ip(kube, "web-0")), "node1 -> node1 failed"
+
+
+def test_client_reaches_the_service_and_spreads(up, kube, check) -> None:
+    client_ns = pod_netns(up[0], kube, "client")
+    vip = kube.read_namespaced_service("web", DEMO_NAMESPACE).spec.cluster_ip
+    with check("the client reaches the service VIP; connections spread over backends"):
+        got = [http_get(client_ns, vip) for _ in range(15)]
+        assert None not in got, got
+        assert len({g.split(" at ")[0] for g in got}) >= 2, got
+
+
+def test_node_port_from_the_external_host(up, check) -> None:
+    lab = Lab.load(up[0])
+    with check("the NodePort answers the external host through the gateway"):
+        body = http_get(lab.pods["outside"].netns, EXTERNAL_NET[1], NODE_PORT)
+        assert body is not None and body.startswith("hello from web-")
+
+
+def test_pod_reaches_the_external_host(up, kube, check) -> None:
+    client_ns = pod_netns(up[0], kube, "client")
+    with check("a pod reaches the external host (which has no route to pods: SNAT)"):
+        assert ping(client_ns, EXTERNAL_NET[0])
+
+
+def test_deleting_a_pod_removes_everything(up, kube, check) -> None:
+    lab = Lab.load(up[0])
+    name = "web-2"
+    ns = pod_netns(up[0], kube, name)
+    node = kube.read_namespaced_pod(name, DEMO_NAMESPACE).spec.node_name
+    lsp = translate.lsp_name(DEMO_NAMESPACE, name)
+    with check("deleting a pod removes its netns, OVS port, LSP and VIP backend"):
+        kube.delete_namespaced_pod(name, DEMO_NAMESPACE, grace_period_seconds=0)
+        wait_for(lambda: ns not in netns.listnetns(), what="the pod netns to go")
+        wait_for(lambda: f"iface-id={lsp}" not in lab.node(node).vsctl(
+            "--columns=external_ids", "list", "Interface"), what="the OVS port to go")
+        sandbox_obj = Sandbox.load(up[0], out=lambda _: None)
+        wait_for(lambda: len(sandbox_obj.service_backends()) == 2, what="2 backends")
+        nb = ovsdb.NbDb(lab.nb_remote, timeout=10)
+        try:
+            wait_for(lambda: translate.lsp_row(nb.api, lsp) is None, what="the LSP to go")
+        finally:
+            nb.close()
+
+
+def test_watcher_and_nb_restart_in_a_pod_storm(up, kube, check) -> None:
+    directory = up[0]
+    sb = Sandbox.load(directory, out=lambda _: None)
+    with check("watcher and NB restarted in a pod storm: all pods up, nothing stale"):
+        for i in range(16):
+            Sandbox.create_pod(kube, f"storm-{i}", ("node1", "node2")[i % 2])
+            if i == 5:
+                subprocess.run(["ovs-appctl", "-t", str(directory / "watcher.ctl"), "exit"],
+                               capture_output=True, timeout=20, check=False)
+                sb._start_watcher()
+            if i == 10:
+                sb.lab.restart_nb(down_for=0.5)
+        wait_for(lambda: all(p.status.phase == "Running" for p in kube.list_namespaced_pod(
+            DEMO_NAMESPACE).items), 120, "every pod running")
+        nb = ovsdb.NbDb(sb.lab.nb_remote, timeout=10)
+        try:
+            wait_for(lambda: not convergence_problems(kube, nb), 60, "NB in step")
+        finally:
+            nb.close()
+        client_ns = pod_netns(directory, kube, "client")
+        for i in range(16):
+            assert ping(client_ns, pod_ip(kube, f"storm-{i}"), 1), f"storm-{i} unreachable"
+
+
+def test_status_then_down_leaves_nothing(up, check) -> None:
+    directory = up[0]
+    prefix = lab_prefix(directory)
+    with check("status names a dead daemon; down leaves no process, netns or file"):
+        status = sandbox(directory, "status")
+        assert status.returncode == 0 and "all daemons running" in status.stdout
+        lab = Lab.load(directory)
+        os.kill(lab.node("node1").daemons["ovn-controller"].read_pid(), signal.SIGKILL)
+        status = sandbox(directory, "status")
+        assert status.returncode == 1 and "node1/ovn-controller" in status.stdout
+        down = sandbox(directory, "down")
+        assert down.returncode == 0, down.stderr
+        assert not directory.exists()
+        assert processes_naming(str(directory)) == []
+        assert [ns for ns in netns.listnetns() if ns.startswith(prefix)] == []
+        again = sandbox(directory, "down")
+        assert again.returncode == 0 and "nothing to stop" in again.stdout
+        gone = sandbox(directory, "status")
+        assert gone.returncode == 1 and "no sandbox" in gone.stdout
+
+
+def test_bad_flags_change_nothing(base: Path) -> None:
+    directory = base / "bad"
+    bad = sandbox(directory, "up", "--nodes", "0")
     assert bad.returncode == 2
     assert "--nodes must be between 1 and 16" in bad.stderr
-    assert not sandbox_dir.exists()
+    assert not directory.exists()

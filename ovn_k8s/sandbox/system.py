@@ -1,0 +1,353 @@
+"""The whole system on one machine: lab, API emulator, set-up commands, daemons, demo.
+
+`Sandbox.up()` runs the steps an operator would, in order, printing one line per step
+with its time; a failing step is named, the tail of its log shown, and everything
+started so far is torn down. Every process it starts names the sandbox directory on
+its command line or lives in one of the lab's network namespaces, so `Lab.down` finds
+and stops all of them (`down` works from any process, even after a crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ovn_k8s.sandbox.lab import Lab, LabError
+
+BIN = Path(sys.executable).parent
+CLUSTER_SUBNET = "10.128.0.0/14"
+EXTERNAL_NET = ("172.31.0.1", "172.31.0.2", 24)  # external host, gateway node, prefix
+DEMO_NAMESPACE = "demo"
+NODE_PORT = 30080
+START_TIMEOUT = 60.0
+
+
+class SandboxError(LabError):
+    """A step of `up` failed; the message names it."""
+
+
+def _kill_pidfile(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(path.read_text()), signal.SIGTERM)
+    path.unlink(missing_ok=True)
+
+
+class Sandbox:
+    def __init__(self, directory: Path, nodes: int = 2,
+                 out: Callable[[str], None] = print) -> None:
+        self.dir = directory.resolve()
+        self.node_count = nodes
+        self.out = out
+        self.lab = Lab(self.dir, nodes=nodes)
+        self.t0 = time.monotonic()
+
+    @classmethod
+    def load(cls, directory: Path, out: Callable[[str], None] = print) -> Sandbox:
+        """The sandbox in ``directory`` as `up` left it (for status and down)."""
+        sb = cls(directory, out=out)
+        sb.lab = Lab.load(sb.dir)
+        sb.node_count = len(sb.lab.nodes)
+        return sb
+
+    # ---- paths -------------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    def log(self, name: str) -> Path:
+        return self.dir / f"{name}.log"
+
+    def cni_dirs(self, node: str) -> tuple[Path, Path]:
+        base = self.dir / f"cni-{node}"
+        return base / "net.d", base / "bin"
+
+    def api_url(self) -> str | None:
+        try:
+            return yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+            return None
+
+    # ---- steps -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def step(self, what: str, log: str | None = None) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        except Exception as e:
+            tail = ""
+            if log and self.log(log).exists():
+                lines = self.log(log).read_text(errors="replace").splitlines()[-15:]
+                tail = "\n  " + "\n  ".join(lines)
+            raise SandboxError(f"{what}: {e}{tail}") from e
+        self.out(f"[{time.monotonic() - self.t0:6.2f}s] {what} "
+                 f"({time.monotonic() - start:.2f}s)")
+
+    def up(self) -> None:
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self) -> None:
+        with self.step(f"lab: OVN central and {self.node_count} nodes"):
+            self.lab.up()
+        with self.step("Kubernetes API emulator", "apiserver"):
+            self._start_apiserver()
+        from kubernetes import client  # noqa: PLC0415
+
+        from ovn_k8s.kube import client as kube_client  # noqa: PLC0415
+
+        api = kube_client.api_client(kubeconfig=str(self.kubeconfig))
+        v1 = client.CoreV1Api(api)
+        with self.step("nodes registered, node settings in Open_vSwitch external_ids"):
+            self._configure_nodes(v1)
+        with self.step("ovn-k8s-watcher", "watcher"):
+            self._start_watcher()
+        with self.step("ovn-k8s-overlay master-init and minion-init"):
+            self._init_nodes(v1)
+        gw = self.lab.nodes[-1]
+        with self.step(f"ovn-k8s-overlay gateway-init on {gw.name}, external host"):
+            self._gateway(gw.name)
+        with self.step("stand-in kubelets and EndpointSlice controller", "endpoints"):
+            self._start_node_agents()
+        with self.step("demo: 3 web pods, a client, service web", "watcher"):
+            self._demo(v1)
+        api.close()
+
+    def _spawn(self, argv: list[str], log: str, node: Any = None) -> int:
+        """Start a daemon in the background (for ``node``: with its OVS env; the daemon
+        joins the node's netns itself)."""
+        env = dict(os.environ)
+        if node is not None:
+            env.update(node.env)
+        with open(self.log(log), "ab") as f:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                                    start_new_session=True, env=env)
+        (self.dir / f"{log}.pid").write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def _start_apiserver(self) -> None:
+        host = self.lab.connect_host()
+        self.kubeconfig.unlink(missing_ok=True)
+        self._spawn([sys.executable, "-m", "ovn_k8s.sandbox.apiserver", "--host", host,
+                     "--port", "0", "--kubeconfig", str(self.kubeconfig)], "apiserver")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.kubeconfig.exists():
+            if time.monotonic() > deadline:
+                raise SandboxError("the API emulator did not listen in time")
+            time.sleep(0.05)
+
+    def _token(self) -> str:
+        return yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]["token"]
+
+    def _configure_nodes(self, v1: Any) -> None:
+        url = self.api_url() or ""
+        for node in self.lab.nodes:
+            # The lineage's node settings, so the set-up commands and the CNI plugin
+            # find OVN and Kubernetes the way operators configure them.
+            node.vsctl("set", "Open_vSwitch", ".",
+                       f"external_ids:ovn-nb={self.lab.nb_remote}",
+                       f"external_ids:k8s-api-server={url.removeprefix('http://')}",
+                       f"external_ids:k8s-api-token={self._token()}")
+            v1.create_node({"metadata": {"name": node.name,
+                                         "labels": {"kubernetes.io/hostname": node.name}}})
+
+    def _start_watcher(self) -> None:
+        proc = subprocess.run(
+            [str(BIN / "ovn-k8s-watcher"), "--overlay", f"--cluster-ip-subnet={CLUSTER_SUBNET}",
+             f"--nb={self.lab.nb_remote}", f"--kubeconfig={self.kubeconfig}",
+             f"--pidfile={self.dir / 'watcher.pid'}", "--detach",
+             f"--unixctl={self.dir / 'watcher.ctl'}", f"--log-file={self.log('watcher')}",
+             "-vconsole:emer", "-vfile:info"],
+            capture_output=True, text=True, timeout=START_TIMEOUT, check=False,
+            env=dict(os.environ, OVS_RUNDIR=str(self.dir)))
+        if proc.returncode != 0:
+            raise SandboxError(proc.stderr.strip() or "the watcher did not start")
+
+    def _run_on(self, node: str, *argv: str) -> None:
+        proc = self.lab.node(node).exec([str(BIN / argv[0]), *argv[1:]], timeout=120)
+        if proc.returncode != 0:
+            raise SandboxError(proc.stderr.strip() or f"{argv[0]} failed on {node}")
+
+    def _init_nodes(self, v1: Any) -> None:
+        from ovn_k8s import annotations  # noqa: PLC0415
+
+        first = self.lab.nodes[0].name
+        deadline = time.monotonic() + START_TIMEOUT
+        while (subnet := annotations.node_subnet(v1.read_node(first).metadata.annotations)) \
+                is None:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"the watcher gave {first} no subnet")
+            time.sleep(0.05)
+        self._run_on(first, "ovn-k8s-overlay", "master-init",
+                     f"--cluster-ip-subnet={CLUSTER_SUBNET}",
+                     f"--master-switch-subnet={subnet}", f"--node-name={first}")
+        for node in self.lab.nodes:
+            conf, binary = self.cni_dirs(node.name)
+            # No subnet given: minion-init waits for the one the watcher allocated.
+            self._run_on(node.name, "ovn-k8s-overlay", "minion-init",
+                         f"--cluster-ip-subnet={CLUSTER_SUBNET}", f"--node-name={node.name}",
+                         f"--cni-conf-dir={conf}", f"--cni-bin-dir={binary}")
+
+    def _gateway(self, node: str) -> None:
+        host, mine, plen = EXTERNAL_NET
+        if "outside" not in self.lab.pods:
+            self.lab.add_external_host(node, "outside", f"{host}/{plen}", nic="eth1")
+        self._run_on(node, "ovn-k8s-overlay", "gateway-init",
+                     f"--cluster-ip-subnet={CLUSTER_SUBNET}", "--physical-interface=eth1",
+                     f"--physical-ip={mine}/{plen}", f"--node-name={node}",
+                     f"--default-gw={host}")
+
+    def _start_node_agents(self) -> None:
+        for node in self.lab.nodes:
+            conf, binary = self.cni_dirs(node.name)
+            self._spawn([sys.executable, "-m", "ovn_k8s.sandbox.kubelet", "--node", node.name,
+                         "--kubeconfig", str(self.kubeconfig), "--cni-conf-dir", str(conf),
+                         "--cni-bin-dir", str(binary),
+                         "--netns-prefix", f"{self.lab.prefix}-p-",
+                         "--node-netns", node.netns],
+                        f"kubelet-{node.name}", node=node)
+        self._spawn([sys.executable, "-m", "ovn_k8s.sandbox.endpoints",
+                     "--kubeconfig", str(self.kubeconfig)], "endpoints")
+
+    def _demo(self, v1: Any) -> None:
+        v1.create_namespace({"metadata": {"name": DEMO_NAMESPACE}})
+        nodes = [n.name for n in self.lab.nodes]
+        for i in range(3):
+            self.create_pod(v1, f"web-{i}", nodes[i % len(nodes)], image="demo-http",
+                            labels={"app": "web"})
+        self.create_pod(v1, "client", nodes[0])
+        v1.create_namespaced_service(DEMO_NAMESPACE, {
+            "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080,
+                                "nodePort": NODE_PORT}]}})
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.demo_ready(v1):
+            if time.monotonic() > deadline:
+                raise SandboxError("the demo pods did not all start")
+            time.sleep(0.1)
+
+    @staticmethod
+    def create_pod(v1: Any, name: str, node: str, *, image: str = "sleep",
+                   labels: dict[str, str] | None = None) -> None:
+        v1.create_namespaced_pod(DEMO_NAMESPACE, {
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": image}]}})
+
+    def demo_ready(self, v1: Any) -> bool:
+        pods = v1.list_namespaced_pod(DEMO_NAMESPACE).items
+        if len(pods) < 4 or any(p.status.phase != "Running" for p in pods):
+            return False
+        return len(self.service_backends()) == 3
+
+    def service_backends(self) -> list[str]:
+        """The backends NB holds for the demo service's ClusterIP."""
+        from ovn_k8s import ovsdb, topology  # noqa: PLC0415
+
+        nb = ovsdb.NbDb(self.lab.nb_remote, tables=["Load_Balancer"], timeout=10)
+        try:
+            lb = next((r for r in nb.rows("Load_Balancer")
+                       if r.name == topology.cluster_lb_name("tcp")), None)
+            for vip, backends in (lb.vips if lb is not None else {}).items():
+                if vip.endswith(":80") and backends:
+                    return backends.split(",")
+            return []
+        finally:
+            nb.close()
+
+    # ---- status and down ---------------------------------------------------------------
+
+    def table(self) -> str:
+        from kubernetes import client  # noqa: PLC0415
+
+        from ovn_k8s.kube import client as kube_client  # noqa: PLC0415
+
+        api = kube_client.api_client(kubeconfig=str(self.kubeconfig))
+        try:
+            v1 = client.CoreV1Api(api)
+            lines = [f"sandbox in {self.dir}",
+                     f"  OVN NB {self.lab.nb_remote}   SB {self.lab.sb_remote}",
+                     f"  Kubernetes API (emulator) {self.api_url()}   "
+                     f"kubeconfig {self.kubeconfig}", "  nodes:"]
+            for n in v1.list_node().items:
+                subnet = (n.metadata.annotations or {}).get("k8s.ovn.org/node-subnets", "")
+                netns = self.lab.node(n.metadata.name).netns
+                lines.append(f"    {n.metadata.name:<8} netns {netns}  "
+                             f"{json.loads(subnet).get('default', '') if subnet else ''}")
+            lines.append(f"  pods in namespace {DEMO_NAMESPACE}:")
+            for p in v1.list_namespaced_pod(DEMO_NAMESPACE).items:
+                lines.append(f"    {p.metadata.name:<8} {p.status.phase or 'Pending':<8} "
+                             f"{p.status.pod_ip or '-':<14} on {p.spec.node_name}")
+            svc = v1.read_namespaced_service("web", DEMO_NAMESPACE)
+            gw_ip = EXTERNAL_NET[1]
+            lines.append(f"  service web: ClusterIP {svc.spec.cluster_ip}:80, NodePort "
+                         f"{gw_ip}:{NODE_PORT} (from the external host)")
+            client_pod = v1.read_namespaced_pod("client", DEMO_NAMESPACE)
+            netns = self.client_netns(client_pod.metadata.uid)
+            lines += [
+                "try:",
+                f"  ip netns exec {netns} curl -s http://{svc.spec.cluster_ip}/",
+                f"  ip netns exec {self.lab.pods['outside'].netns} curl -s "
+                f"http://{gw_ip}:{NODE_PORT}/",
+                f"  ovn-nbctl --db={self.lab.nb_remote} show",
+                f"  ovs-appctl -t {self.dir / 'watcher.ctl'} status",
+                f"  KUBECONFIG={self.kubeconfig} kubectl get pods -A   (if you have kubectl)",
+                f"stop with: ovn-k8s-sandbox --dir {self.dir} down",
+            ]
+            return "\n".join(lines)
+        finally:
+            api.close()
+
+    def client_netns(self, uid: str) -> str:
+        import hashlib  # noqa: PLC0415
+
+        return f"{self.lab.prefix}-p-{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
+
+    def health(self) -> list[str]:
+        """The names of the daemons that are not running."""
+        status = self.lab.status()
+        down = [f"central/{name}" for name, up in status["central"].items() if not up]
+        for node, daemons in status["nodes"].items():
+            down += [f"{node}/{name}" for name, up in daemons.items() if not up]
+        names = ["apiserver", "watcher", "endpoints",
+                 *[f"kubelet-{n.name}" for n in self.lab.nodes]]
+        for name in names:
+            try:
+                os.kill(int((self.dir / f"{name}.pid").read_text()), 0)
+            except (OSError, ValueError):
+                down.append(name)
+        return down
+
+    def down(self) -> None:
+        with contextlib.suppress(Exception):
+            subprocess.run(["ovs-appctl", "-t", str(self.dir / "watcher.ctl"), "exit"],
+                           capture_output=True, timeout=10, check=False)
+        for name in ("endpoints", "apiserver",
+                     *[f"kubelet-{n.name}" for n in self.lab.nodes]):
+            _kill_pidfile(self.dir / f"{name}.pid")
+        self.lab.down()
+        # What we wrote beside the lab's own files.
+        for pattern in ("*.log", "*.pid", "*.ctl", "kubeconfig", "cni-*"):
+            for path in self.dir.glob(pattern):
+                if path.is_dir():
+                    import shutil  # noqa: PLC0415
+
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
