@@ -269,6 +269,19 @@ def _wait(
         time.sleep(interval)
 
 
+def wait_until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something true (returned); LabError on timeout.
+
+    For tests and tools that wait on the lab: never sleep-then-assert.
+    """
+    return _wait(what, cond, timeout)
+
+
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie does not: init here may never reap orphans)."""
+    return _pid_alive(pid)
+
+
 def _pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie (reaping our own children)."""
     with contextlib.suppress(ChildProcessError, OSError):

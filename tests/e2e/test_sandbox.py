@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pyroute2 import netns
 
 from ovn_k8s import ovsdb, translate
 from ovn_k8s.sandbox.lab import Lab, lab_prefix
+from ovn_k8s.sandbox.lab import wait_until as wait_for
 from ovn_k8s.sandbox.system import DEMO_NAMESPACE, EXTERNAL_NET, NODE_PORT, Sandbox
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,13 +50,6 @@ def processes_naming(text: str) -> list[int]:
     return pids
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie may linger: init here does not reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +112,6 @@ def http_get(ns: str, ip: str, port: int = 80, timeout: float = 3.0) -> str | No
         sock.close()
 
 
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_up_prints_steps_and_the_table(up, kube, check) -> None:

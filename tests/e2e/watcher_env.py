@@ -19,18 +19,14 @@ from kubernetes import client
 from ovn_k8s import annotations, ovsdb, translate
 from ovn_k8s.sandbox.apiserver import ApiServer
 from ovn_k8s.sandbox.lab import Lab
+from ovn_k8s.sandbox.lab import pid_running as running
+from ovn_k8s.sandbox.lab import wait_until as wait_for
 
 BIN = Path(sys.executable).parent
 CLUSTER = "10.144.0.0/16"
 NAME = "ovn-k8s-watcher"
 
 
-def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class WatcherProcess:
@@ -89,12 +85,6 @@ class WatcherProcess:
         return path.read_text() if path.exists() else ""
 
 
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def watcher_env(

@@ -7,7 +7,6 @@ import contextlib
 import json
 import shutil
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from ovn_k8s import ipam, ovsdb, topology
 from ovn_k8s.host.gateway_flows import CT_ZONE
 from ovn_k8s.sandbox.apiserver import ApiServer
 from ovn_k8s.sandbox.lab import Lab, LabPod
+from ovn_k8s.sandbox.lab import pid_running as running
+from ovn_k8s.sandbox.lab import wait_until as wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -148,11 +149,6 @@ def helper_flows(lab: Lab, bridge: str) -> str:
     return lab.node("node2").exec(["ovs-ofctl", "--no-stats", "dump-flows", bridge]).stdout
 
 
-def wait_for(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def pod_on_node1(lab: Lab, name: str, host: int) -> LabPod:
@@ -289,10 +285,3 @@ def test_gateway_helper_bad_input(nic_lab):
     assert proc.returncode == 1
     assert "ovn-k8s-gateway-helper: error: no network interface 'brnope0'" in proc.stderr
 
-
-def running(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
