@@ -351,6 +351,9 @@ class ApiServer:
     ) -> None:
         self.token = token or secrets.token_urlsafe(32)
         self._token = self.token.encode()
+        # (method, path, watch, user agent) of every authorized request, when a test
+        # sets a list.
+        self.audit: list[tuple[str, str, str, str]] | None = None
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
@@ -597,5 +600,9 @@ class ApiServer:
     def _handle(self, req: Request) -> Response | WatchSpec:
         if not self._authorized(req):
             return error_response(errors.unauthorized())
+        if self.audit is not None:
+            # What a client asked for, for tests that derive least-privilege RBAC.
+            self.audit.append((req.method, req.path, req.query.get("watch", ""),
+                               req.headers.get("user-agent", "")))
         return self._dispatch(req)
 
