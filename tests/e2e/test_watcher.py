@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import netaddr
 import pytest
 from watcher_env import (
     lsp,
@@ -140,3 +141,21 @@ def test_node_deleted_removes_its_switch(env):
     wait_for(lambda: not any(s.name == "node3" for s in nb.rows("Logical_Switch")),
              what="node3's switch gone")
     assert not any(p.name == "rtos-node3" for p in nb.rows("Logical_Router_Port"))
+
+
+def test_sync_mode_log_reports_drift_and_repair_fixes_it(env):
+    _, _, _, watcher, nb = env
+    watcher.stop()
+    # Drift made while it was down: a port for a pod that does not exist.
+    nb.execute(translate.EnsurePodPort(nb.api, translate.PodPort(
+        "default", "ghost", "uid-ghost", "node1",
+        translate.pod_network_for(netaddr.IPAddress("10.144.0.250"),
+                                  netaddr.IPNetwork("10.144.0.0/24")))))
+    watcher.start("--sync-mode=log")
+    wait_for(watcher.idle, what="the watcher to settle")
+    assert watcher.status()["startup"]["stale_pod_ports"] == 1
+    assert "sync mode log: 1 stale pod ports" in watcher.log()
+    assert lsp(nb, "ghost") is not None, "log mode must not repair"
+    watcher.stop()
+    watcher.start()
+    wait_for(lambda: lsp(nb, "ghost") is None, what="repair mode to remove the stale port")
