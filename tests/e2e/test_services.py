@@ -130,6 +130,28 @@ def test_node_port_from_the_external_host(cluster, service):
     assert None not in got and set(got) <= backends
 
 
+def test_external_traffic_policy_local(env, cluster, service):
+    _, _, v1, _, nb = env
+    pods, host = cluster
+    gr_lb = topology.gateway_lb_name("node2", "tcp")
+    node_port_vip = f"{PHYSICAL_IP}:{NODE_PORT}"
+
+    def gateway_backends() -> int:
+        nb.execute(nb.api.ls_list())
+        lb = next(lb for lb in nb.rows("Load_Balancer") if lb.name == gr_lb)
+        return len([b for b in lb.vips.get(node_port_vip, "").split(",") if b])
+
+    v1.patch_namespaced_service("web", "default",
+                                {"spec": {"externalTrafficPolicy": "Local"}})
+    wait_for(lambda: gateway_backends() == 2, what="only node2's endpoints on GR_node2")
+    local = {pods[n].address for n, node in BACKENDS if node == "node2"}
+    wait_for(lambda: {host.tcp_query(PHYSICAL_IP, NODE_PORT, "name?") for _ in range(6)}
+             <= local, what="NodePort traffic to stay on node2's pods")
+    v1.patch_namespaced_service("web", "default",
+                                {"spec": {"externalTrafficPolicy": "Cluster"}})
+    wait_for(lambda: gateway_backends() == 3, what="all endpoints again")
+
+
 def test_client_ip_affinity_holds_a_client(env, cluster, service):
     _, _, v1, _, nb = env
     pods, _ = cluster
