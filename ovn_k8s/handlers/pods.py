@@ -93,16 +93,17 @@ class PodHandler:
 
     def _hold(self, key: str, held: Held) -> bool:
         """Reserve ``held.ip`` for ``key``; False if another pod holds it."""
-        if self._held.get(key) == held:
+        current = self._held.get(key)
+        if current == held:
             return True
         pool = self._pool(held.node)
         if pool is None or held.ip not in pool.subnet:
             return False
+        if current is not None and (current.node, current.ip) == (held.node, held.ip):
+            self._held[key] = held  # the same address, now for another UID
+            return True
         if not pool.reserve(held.ip):
-            owner = next((k for k, h in self._held.items()
-                          if h.ip == held.ip and h.node == held.node), None)
-            if owner not in (None, key):
-                return False
+            return False  # every reservation is some key's: another pod has it
         self._release(key)
         self._held[key] = held
         return True
