@@ -19,7 +19,7 @@ from kubernetes import client as k8s
 
 from ovn_k8s import ipam, topology, translate
 from ovn_k8s.handlers.nodes import NodeHandler
-from ovn_k8s.handlers.pods import PodHandler
+from ovn_k8s.handlers.pods import PodHandler, is_wired
 from ovn_k8s.handlers.services import ServiceHandler
 from ovn_k8s.kube.reflector import reflector_for
 from ovn_k8s.kube.workqueue import WorkQueue
@@ -195,10 +195,9 @@ class Watcher:
                  len(self.pod_reflector), self.started_at - t0)
 
     def _pod_drifted(self, key: str) -> bool:
-        pod = self.pod_reflector.get(key)
+        """A port missing for a wired pod, or present for a pod that should have none."""
         row = translate.lsp_row(self.nb.api, translate.lsp_name(*key.split("/", 1)))
-        return (row is None) == (pod is not None and (pod.get("spec") or {}).get("nodeName")
-                                 is not None and not (pod.get("spec") or {}).get("hostNetwork"))
+        return (row is None) == is_wired(self.pod_reflector.get(key))
 
     def idle(self, timeout: float | None = None) -> bool:
         """True once both queues are empty and no key is being handled."""

@@ -48,6 +48,11 @@ while True:
 """
 
 
+def pod_netns_name(prefix: str, uid: str) -> str:
+    """The netns a pod gets: stable per pod UID, short enough for any tool."""
+    return f"{prefix}{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
+
+
 class Kubelet:
     def __init__(self, args: argparse.Namespace) -> None:
         from kubernetes import client  # noqa: PLC0415
@@ -134,7 +139,7 @@ class Kubelet:
         from pyroute2 import netns as pr_netns  # noqa: PLC0415
 
         uid = pod["metadata"]["uid"]
-        netns = f"{self.args.netns_prefix}{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
+        netns = pod_netns_name(self.args.netns_prefix, uid)
         if netns not in pr_netns.listnetns():
             pr_netns.create(netns)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ovn_k8s.sandbox.kubelet import pod_netns_name
 from ovn_k8s.sandbox.lab import Lab, LabError
 
 BIN = Path(sys.executable).parent
@@ -217,7 +219,7 @@ class Sandbox:
             self._spawn([sys.executable, "-m", "ovn_k8s.sandbox.kubelet", "--node", node.name,
                          "--kubeconfig", str(self.kubeconfig), "--cni-conf-dir", str(conf),
                          "--cni-bin-dir", str(binary),
-                         "--netns-prefix", f"{self.lab.prefix}-p-",
+                         "--netns-prefix", self.pod_netns_prefix,
                          "--node-netns", node.netns],
                         f"kubelet-{node.name}", node=node)
         self._spawn([sys.executable, "-m", "ovn_k8s.sandbox.endpoints",
@@ -312,10 +314,13 @@ class Sandbox:
         finally:
             api.close()
 
-    def client_netns(self, uid: str) -> str:
-        import hashlib  # noqa: PLC0415
+    @property
+    def pod_netns_prefix(self) -> str:
+        return f"{self.lab.prefix}-p-"
 
-        return f"{self.lab.prefix}-p-{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
+    def client_netns(self, uid: str) -> str:
+        """The netns the stand-in kubelet made for the pod with ``uid``."""
+        return pod_netns_name(self.pod_netns_prefix, uid)
 
     def health(self) -> list[str]:
         """The names of the daemons that are not running."""
@@ -344,8 +349,6 @@ class Sandbox:
         for pattern in ("*.log", "*.pid", "*.ctl", "kubeconfig", "cni-*"):
             for path in self.dir.glob(pattern):
                 if path.is_dir():
-                    import shutil  # noqa: PLC0415
-
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
