@@ -83,15 +83,17 @@ class Sandbox:
     # ---- steps -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def step(self, what: str, log: str | None = None) -> Iterator[None]:
+    def step(self, what: str, *logs: str) -> Iterator[None]:
+        """Report one step of `up` with its time; on failure name it, show its logs' tails."""
         start = time.monotonic()
         try:
             yield
         except Exception as e:
             tail = ""
-            if log and self.log(log).exists():
-                lines = self.log(log).read_text(errors="replace").splitlines()[-15:]
-                tail = "\n  " + "\n  ".join(lines)
+            for log in logs:
+                if self.log(log).exists():
+                    lines = self.log(log).read_text(errors="replace").splitlines()[-10:]
+                    tail += f"\n  --- {self.log(log)}:\n  " + "\n  ".join(lines)
             raise SandboxError(f"{what}: {e}{tail}") from e
         self.out(f"[{time.monotonic() - self.t0:6.2f}s] {what} "
                  f"({time.monotonic() - start:.2f}s)")
@@ -123,9 +125,12 @@ class Sandbox:
         gw = self.lab.nodes[-1]
         with self.step(f"ovn-k8s-overlay gateway-init on {gw.name}, external host"):
             self._gateway(gw.name)
-        with self.step("stand-in kubelets and EndpointSlice controller", "endpoints"):
+        kubelets = [f"kubelet-{n.name}" for n in self.lab.nodes]
+        with self.step("stand-in kubelets and EndpointSlice controller", "endpoints",
+                       *kubelets):
             self._start_node_agents()
-        with self.step("demo: 3 web pods, a client, service web", "watcher"):
+        with self.step("demo: 3 web pods, a client, service web", "watcher", "endpoints",
+                       *kubelets):
             self._demo(v1)
         api.close()
 
