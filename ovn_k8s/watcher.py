@@ -21,6 +21,7 @@ from ovn_k8s import ipam, topology, translate
 from ovn_k8s.handlers.nodes import NodeHandler
 from ovn_k8s.handlers.pods import PodHandler, is_wired
 from ovn_k8s.handlers.services import ServiceHandler
+from ovn_k8s.kube.client import merge_patch
 from ovn_k8s.kube.reflector import reflector_for
 from ovn_k8s.kube.workqueue import WorkQueue
 from ovn_k8s.ovsdb import NbDb
@@ -28,13 +29,6 @@ from ovn_k8s.ovsdb import NbDb
 LOG = logging.getLogger(__name__)
 
 SYNC_MODES = ("repair", "log")
-
-
-def _patched(response: Any) -> None:
-    """Drain a raw PATCH response: decoding it into client models costs more than the
-    request itself, and only the status matters (errors raise before this)."""
-    response.read()
-    response.release_conn()
 
 
 class Watcher:
@@ -56,7 +50,6 @@ class Watcher:
         self.sync_mode = sync_mode
         self.pod_batch = pod_batch
         self.allocator = ipam.SubnetAllocator(cluster.cluster_subnets, host_prefix)
-        v1 = k8s.CoreV1Api(api)
         self.node_reflector = reflector_for(api, "nodes", handler=self._on_node)
         self.pod_reflector = reflector_for(api, "pods", handler=self._on_pod)
         self.service_reflector = reflector_for(api, "services", handler=self._on_service)
@@ -68,13 +61,13 @@ class Watcher:
         self.service_queue = WorkQueue("services")
         self.queues = (self.node_queue, self.pod_queue, self.service_queue)
         self.nodes = NodeHandler(
-            nb, self.node_reflector, lambda name, body: _patched(v1.patch_node(
-                name, body, _preload_content=False)),
+            nb, self.node_reflector,
+            lambda name, body: merge_patch(api, f"/api/v1/nodes/{name}", body),
             self.allocator, on_subnet=self._requeue_node_pods)
         self.pods = PodHandler(
             nb, self.pod_reflector,
-            lambda ns, name, body: _patched(v1.patch_namespaced_pod(
-                name, ns, body, _preload_content=False)),
+            lambda ns, name, body: merge_patch(
+                api, f"/api/v1/namespaces/{ns}/pods/{name}", body),
             self.nodes.subnet, retry=self.pod_queue.retry)
         self.services = ServiceHandler(nb, self.service_reflector, self.slice_reflector)
         self._lock = threading.Lock()

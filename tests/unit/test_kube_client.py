@@ -4,6 +4,7 @@ import logging
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from ovn_k8s.config import ConfigError, Settings
 from ovn_k8s.kube import client as kclient
@@ -135,3 +136,18 @@ def test_token_is_never_logged(srv, caplog, tmp_path):
     assert secret not in str(e.value)
     assert "plain http" in caplog.text  # the warning is there, the token is not
     assert secret not in caplog.text
+
+
+def test_merge_patch_authenticates_like_the_client_and_raises_api_errors(tmp_path):
+    with ApiServer() as srv:
+        path = tmp_path / "kubeconfig"
+        srv.write_kubeconfig(path)
+        api = kclient.api_client(kubeconfig=str(path))
+        v1 = client.CoreV1Api(api)
+        v1.create_node({"metadata": {"name": "n1", "annotations": {"keep": "me"}}})
+        kclient.merge_patch(api, "/api/v1/nodes/n1", {"metadata": {"annotations": {"a": "b"}}})
+        assert v1.read_node("n1").metadata.annotations == {"keep": "me", "a": "b"}
+        with pytest.raises(ApiException) as err:
+            kclient.merge_patch(api, "/api/v1/nodes/nope", {"metadata": {}})
+        assert err.value.status == 404
+        assert srv.token not in str(err.value)
