@@ -182,7 +182,8 @@ class SetVips(ovsdbapp_command.BaseCommand):
 
     ``setkey``/``delkey`` become OVSDB ``mutate`` operations on the ``vips`` map, so
     one service's change does not rewrite the other services' VIPs sharing the row.
-    A missing load balancer is skipped (its gateway went away meanwhile).
+    A missing load balancer is skipped (its gateway went away meanwhile). ``set_``
+    and ``remove`` must be the differences from what NB holds (the caller diffs).
     """
 
     def __init__(self, api: Any, lb: str, set_: dict[str, str], remove: list[str]) -> None:
@@ -195,10 +196,10 @@ class SetVips(ovsdbapp_command.BaseCommand):
         row = idlutils.row_by_value(self.api.idl, "Load_Balancer", "name", self.lb, None)
         if row is None:
             return
-        current = row.vips  # one conversion of the whole map, not one per key
+        # No read of row.vips: the pure-Python IDL converts the whole map for it (~5 ms
+        # at 2000 VIPs). Callers pass only real changes, and deleting an absent key is
+        # a no-op mutation in OVSDB.
         for key in self.remove:
-            if key in current:
-                row.delkey("vips", key)
+            row.delkey("vips", key)
         for key, value in self.set_.items():
-            if current.get(key) != value:
-                row.setkey("vips", key, value)
+            row.setkey("vips", key, value)
