@@ -113,11 +113,16 @@ class SubnetAllocator:
             return [netaddr.IPNetwork(f"{subnet.network}/{self.host_prefix}").cidr]
         return list(subnet.subnet(self.host_prefix))
 
-    def reserve(self, subnet: netaddr.IPNetwork) -> None:
-        """Mark ``subnet`` (any size) as taken; outside the cluster subnets is an error."""
+    def reserve(self, subnet: netaddr.IPNetwork) -> bool:
+        """Mark ``subnet`` (any size) as taken; False (and nothing marked) if any of it
+        already is. Outside the cluster subnets is an error."""
         if not any(subnet in net for net in self.cluster_subnets):
             raise AddressError(f"node subnet {subnet} is not inside the cluster subnet")
-        self._used.update(self._blocks(subnet))
+        blocks = self._blocks(subnet)
+        if any(b in self._used for b in blocks):
+            return False
+        self._used.update(blocks)
+        return True
 
     def release(self, subnet: netaddr.IPNetwork) -> None:
         self._used.difference_update(self._blocks(subnet))

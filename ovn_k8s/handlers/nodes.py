@@ -58,14 +58,8 @@ class NodeHandler:
         switches = {sw.name: sw for sw in self.nb.rows("Logical_Switch")
                     if "subnet" in sw.other_config and sw.name != topology.JOIN_SWITCH}
         for name, obj in self.cache.items():
-            try:
-                subnet = annotations.node_subnet(obj["metadata"].get("annotations"))
-            except annotations.AnnotationError as e:
-                self._report_once(name, f"{e}; allocating another")
-                subnet = None
-            if subnet is None and name in switches:
-                subnet = netaddr.IPNetwork(switches[name].other_config["subnet"])
-            if subnet is not None and self._reserve(name, subnet):
+            subnet = self._existing_subnet(name, obj)
+            if subnet is not None:
                 with self._lock:
                     self._subnets[name] = subnet
         for name, sw in switches.items():
@@ -85,11 +79,13 @@ class NodeHandler:
 
     def _reserve(self, node: str, subnet: netaddr.IPNetwork) -> bool:
         try:
-            self.allocator.reserve(subnet)
+            if self.allocator.reserve(subnet):
+                return True
+            self._report_once(node, f"subnet {subnet} is already another node's; "
+                                    "allocating another")
         except ipam.AddressError as e:
             self._report_once(node, str(e))
-            return False
-        return True
+        return False
 
     # ---- events ------------------------------------------------------------------------
 
@@ -101,8 +97,10 @@ class NodeHandler:
         subnet = self.subnet(node)
         new = subnet is None
         if subnet is None:
-            subnet = self.allocator.allocate()
-            LOG.info("node %s: allocated subnet %s", node, subnet)
+            subnet = self._existing_subnet(node, obj)
+            if subnet is None:
+                subnet = self.allocator.allocate()
+                LOG.info("node %s: allocated subnet %s", node, subnet)
             with self._lock:
                 self._subnets[node] = subnet
         try:
@@ -121,6 +119,21 @@ class NodeHandler:
             raise
         if new:
             self.on_subnet(node, subnet)
+
+    def _existing_subnet(self, node: str, obj: dict[str, Any]) -> netaddr.IPNetwork | None:
+        """A subnet this node already has (its annotation, or minion-init's switch), reserved."""
+        try:
+            subnet = annotations.node_subnet(obj["metadata"].get("annotations"))
+        except annotations.AnnotationError as e:
+            self._report_once(node, f"{e}; allocating another")
+            subnet = None
+        if subnet is None:
+            sw = next((s for s in self.nb.rows("Logical_Switch") if s.name == node), None)
+            if sw is not None and "subnet" in sw.other_config:
+                subnet = netaddr.IPNetwork(sw.other_config["subnet"])
+        if subnet is not None and self._reserve(node, subnet):
+            return subnet
+        return None
 
     def _delete(self, node: str) -> None:
         """Remove the node's switch and its router port, then free its subnet."""

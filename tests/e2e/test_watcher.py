@@ -159,3 +159,18 @@ def test_sync_mode_log_reports_drift_and_repair_fixes_it(env):
     watcher.stop()
     watcher.start()
     wait_for(lambda: lsp(nb, "ghost") is None, what="repair mode to remove the stale port")
+
+
+def test_node_keeps_a_subnet_given_to_minion_init_and_conflicts_are_resolved(env):
+    _, _, v1, _, nb = env
+    given = netaddr.IPNetwork("10.144.200.0/24")
+    # What `minion-init --minion-switch-subnet` leaves in NB before the Node exists.
+    nb.execute(*topology.node_commands(nb, "node5", given))
+    make_node(v1, "node5")
+    wait_for(lambda: node_subnet(v1, "node5") is not None, what="node5's annotation")
+    assert node_subnet(v1, "node5") == given
+    # Someone annotates another node with the same subnet: it gets one of its own.
+    v1.create_node({"metadata": {"name": "node6", "annotations": {
+        annotations.NODE_SUBNETS: annotations.format_node_subnet(given)}}})
+    wait_for(lambda: node_subnet(v1, "node6") != given, what="node6 to get its own subnet")
+    assert node_subnet(v1, "node6").prefixlen == 24

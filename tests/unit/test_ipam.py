@@ -74,8 +74,12 @@ def test_subnet_allocator_lowest_free_and_reserve():
 
 def test_subnet_allocator_larger_reservation_blocks_all_its_parts():
     alloc = ipam.SubnetAllocator([netaddr.IPNetwork("10.128.0.0/22")], 24)
-    alloc.reserve(netaddr.IPNetwork("10.128.0.0/23"))  # minion-init given a /23
+    assert alloc.reserve(netaddr.IPNetwork("10.128.0.0/23"))  # minion-init given a /23
     assert alloc.allocate() == netaddr.IPNetwork("10.128.2.0/24")
+    # Another node claiming part of it is a conflict, and marks nothing.
+    assert not alloc.reserve(netaddr.IPNetwork("10.128.1.0/24"))
+    alloc.release(netaddr.IPNetwork("10.128.0.0/23"))
+    assert alloc.reserve(netaddr.IPNetwork("10.128.1.0/24"))
     with pytest.raises(ipam.AddressError, match="not inside the cluster subnet"):
         alloc.reserve(netaddr.IPNetwork("10.200.0.0/24"))
     with pytest.raises(ipam.AddressError, match="host prefix /31"):
