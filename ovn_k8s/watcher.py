@@ -1,8 +1,9 @@
 """The watcher: reflectors → keyed queues → handlers → NB, with the start-up resync.
 
-Start-up follows DESIGN.md: LIST nodes and pods, reserve every subnet and address
-already handed out (annotations, then NB), find what NB holds for objects that no
-longer exist, and only then start handling. Every listed object is then handled
+Start-up follows DESIGN.md: LIST nodes, pods, services and EndpointSlices, reserve
+every subnet and address already handed out (annotations, then NB), find what NB
+holds for objects that no longer exist (ports, switches, VIPs), handle the nodes, and
+only then start the queues. Every listed object is then handled
 like an event; a handler writes nothing when NB already matches, so a restart with
 nothing changed makes no NB write. With ``sync_mode="log"`` the drift found at
 start is reported and left alone; later events are handled as usual.
