@@ -4,32 +4,113 @@ The runtime passes the call in CNI_* variables and the network config on stdin, 
 reads one JSON document from stdout: the result, the version info, or an error
 ``{"code", "msg", "details"}`` (with a non-zero exit). Nothing else may go to stdout;
 logs go to the config's ``logFile``, warnings also to stderr.
+
+With a node daemon listening (`ovn-k8s-cni-overlay daemon`, see ovn_k8s.cni.server)
+this process only forwards the call over the daemon's unix socket and prints the
+answer; the daemon checks it with the same code (ovn_k8s.cni.spec) before touching
+the host. That path imports nothing beyond json, os and socket: every millisecond of
+imports is paid per pod. Without a daemon (no socket, or nobody accepting on it)
+this process checks the call and does the work itself, with the same results and
+error codes.
 """
 
 from __future__ import annotations
 
+# The C module under `socket`: the forwarding path needs only its socket type, and the
+# Python wrapper (enum, selectors) costs ~5 ms per pod. Likewise `typing` (~4 ms).
+import _socket as socket
 import json
-import logging
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any
 
-from ovn_k8s.cni import spec
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
-LOG = logging.getLogger("ovn_k8s.cni")
+    from ovn_k8s.cni import spec
+
+# `logging` costs ~5-10 ms of imports: loaded only when this process does the work.
+LOGGER = "ovn_k8s.cni"
+# Must match spec.daemon_socket (tests/unit/test_cni_front.py checks), kept here so
+# the forwarding path need not import spec.
+DEFAULT_RUNDIR = "/var/run/openvswitch"
+SOCKET_NAME = "ovn-k8s-cni.sock"
+# Seconds beyond the call's own bounds (annotation, ovn-installed) before the front
+# stops waiting for the daemon: OVSDB and netlink steps have their own timeouts.
+DAEMON_MARGIN = 30.0
+DEFAULT_WAIT = 30.0  # spec's default annotationTimeout / ovnInstalledTimeout
+CONNECT_TIMEOUT = 2.0
 
 
-def _version_of(stdin: bytes) -> str:
-    """The caller's cniVersion for an error reply, when the config says one we know."""
+def _version_of(stdin: bytes | str) -> str:
+    from ovn_k8s.cni import spec  # noqa: PLC0415
+
+    return spec.version_of(stdin)
+
+
+def _seconds(conf: dict[str, Any], key: str) -> float:
+    value = conf.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_WAIT
+
+
+def via_daemon(environ: Mapping[str, str], stdin: bytes
+               ) -> tuple[int, dict[str, Any] | None] | None:
+    """The call answered by the node daemon, or None when no daemon takes it.
+
+    VERSION is answered here. Once the daemon has the request, failing to hear back
+    is error 11, never a second attempt in-process: the daemon may have done half the
+    work (and undoes it), and kubelet retries."""
+    if environ.get("CNI_COMMAND") not in ("ADD", "DEL", "CHECK"):
+        return None
     try:
-        version = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return spec.CURRENT_VERSION
-    return version if version in spec.SUPPORTED_VERSIONS else spec.CURRENT_VERSION
+        text = stdin.decode()
+        conf = json.loads(text)
+    except ValueError:  # UnicodeDecodeError too: the in-process path reports it
+        return None
+    if not isinstance(conf, dict):
+        return None
+    path = conf.get("daemonSocket")
+    if not isinstance(path, str) or not path:
+        path = os.path.join(environ.get("OVS_RUNDIR") or DEFAULT_RUNDIR, SOCKET_NAME)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(path)
+        except OSError:
+            return None  # absent, refused, stale: do the work ourselves
+        timeout = _seconds(conf, "annotationTimeout") + DAEMON_MARGIN
+        if conf.get("waitOvnInstalled") is True:
+            timeout += _seconds(conf, "ovnInstalledTimeout")
+        sock.settimeout(timeout)
+        try:
+            cni_env = {k: v for k, v in environ.items() if k.startswith("CNI_")}
+            sock.sendall(json.dumps({"env": cni_env, "config": text}).encode())
+            sock.shutdown(socket.SHUT_WR)
+            data = bytearray()
+            while chunk := sock.recv(65536):
+                data += chunk
+            answer = json.loads(data)
+            return int(answer["status"]), answer["result"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            from ovn_k8s.cni import spec  # noqa: PLC0415
+
+            err = spec.CniError(spec.TRY_AGAIN_LATER,
+                                f"the node's CNI daemon ({path}) did not answer",
+                                details=f"{type(e).__name__}: {e}")
+            return 1, err.to_json(spec.version_of(stdin))
+    finally:
+        sock.close()
 
 
 def _setup_logging(req: spec.Request) -> None:
+    import logging  # noqa: PLC0415
+
+    from ovn_k8s.cni import spec  # noqa: PLC0415
+
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     stderr = logging.StreamHandler(sys.stderr)
@@ -52,6 +133,8 @@ def _setup_logging(req: spec.Request) -> None:
 
 def run(environ: Mapping[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | None]:
     """One plugin call: (exit status, JSON document for stdout or None)."""
+    from ovn_k8s.cni import spec  # noqa: PLC0415
+
     try:
         req = spec.parse_request(environ, stdin)
         if req.command == "VERSION":
@@ -67,38 +150,53 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[int, dict[str, Any] |
             plugin.check(req)
         return 0, None
     except spec.CniError as e:
-        LOG.error("%s: %s%s", environ.get("CNI_COMMAND", "?"), e.msg,
-                  f" ({e.details})" if e.details else "")
+        import logging  # noqa: PLC0415
+
+        logging.getLogger(LOGGER).error("%s: %s%s", environ.get("CNI_COMMAND", "?"), e.msg,
+                                        f" ({e.details})" if e.details else "")
         return 1, e.to_json(_version_of(stdin))
     except Exception as e:
-        LOG.exception("unexpected error")
+        import logging  # noqa: PLC0415
+
+        logging.getLogger(LOGGER).exception("unexpected error")
         err = spec.CniError(spec.INTERNAL, f"{type(e).__name__}: {e}")
         return 1, err.to_json(_version_of(stdin))
 
 
 USAGE = """usage: ovn-k8s-cni-overlay   (run by the container runtime, not by hand)
+       ovn-k8s-cni-overlay daemon --node-name NAME [--kubeconfig F] [--socket PATH]
+                           [--pidfile --detach --log-file -vconsole:LVL ...]
 
 A CNI plugin (spec 1.0.0; results also as 0.3.x and 0.4.0). The call comes in
 CNI_COMMAND (ADD, DEL, CHECK, VERSION), CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME,
 CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID) and CNI_PATH, the network
 config on stdin; the answer is JSON on stdout. Config keys beyond the spec's: mtu,
 kubeconfig, logFile, annotationTimeout, ovsRemote, waitOvnInstalled,
-ovnInstalledTimeout, defaultRoute.
+ovnInstalledTimeout, defaultRoute, daemonSocket. When the node daemon listens on
+daemonSocket (default $OVS_RUNDIR/ovn-k8s-cni.sock) calls go through it.
 """
 
 
 def main() -> None:
+    # A runtime never passes arguments: one selects the daemon.
+    if sys.argv[1:2] == ["daemon"]:
+        from ovn_k8s.cni import server  # noqa: PLC0415
+
+        server.main(sys.argv[2:])
+        return
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         sys.stdout.write(USAGE)
         sys.exit(0)
     # Read even for VERSION: a runtime writing the config to a closed pipe would fail.
     # Without CNI_COMMAND nobody is feeding stdin: do not block on it.
     data = sys.stdin.buffer.read() if os.environ.get("CNI_COMMAND") else b""
-    status, doc = run(os.environ, data)
+    answer = via_daemon(os.environ, data)
+    status, doc = answer if answer is not None else run(os.environ, data)
     if doc is not None:
         sys.stdout.write(json.dumps(doc) + "\n")
     sys.stdout.flush()
     # Skip interpreter teardown: the OVSDB connection thread would otherwise be joined
     # and module finalisation adds tens of ms to every pod.
-    logging.shutdown()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
     os._exit(status)

@@ -80,15 +80,17 @@ def _external_ids(req: Request, net: PodNetwork) -> dict[str, str]:
     return ids
 
 
-def add(req: Request, source: Callable[[Request, Any], AnnotationSource] = default_source
-        ) -> dict[str, Any]:
-    """Wire the pod; on any failure undo what this call made, then raise."""
+def add(req: Request, source: Callable[[Request, Any], AnnotationSource] = default_source,
+        ovs: Any = None) -> dict[str, Any]:
+    """Wire the pod; on any failure undo what this call made, then raise.
+
+    ``ovs``: an open Open_vSwitch connection (the node daemon's); None connects here."""
     from ovn_k8s.cni import links  # noqa: PLC0415
 
     conf, pod = req.conf, req.pod
     assert conf is not None and pod is not None and req.netns is not None
     marks = [("start", time.monotonic())]
-    ovs = _ovs(req)
+    ovs = ovs if ovs is not None else _ovs(req)
     marks.append(("ovsdb", time.monotonic()))
     if not any(b.name == BRIDGE for b in ovs.rows("Bridge")):
         raise CniError(spec.TRY_AGAIN_LATER, f"{BRIDGE} does not exist yet on this node",
@@ -173,13 +175,13 @@ def _steps(marks: list[tuple[str, float]]) -> str:
                      for i, (name, t) in enumerate(marks[1:]))
 
 
-def delete(req: Request) -> None:
+def delete(req: Request, ovs: Any = None) -> None:
     """Remove the port and the veth; whatever is already gone is not an error."""
     from ovn_k8s import ovsdb  # noqa: PLC0415
     from ovn_k8s.cni import links  # noqa: PLC0415
 
     marks = [("start", time.monotonic())]
-    ovs = _ovs(req)
+    ovs = ovs if ovs is not None else _ovs(req)
     marks.append(("ovsdb", time.monotonic()))
     host = links.host_veth_name(req.container_id, req.ifname)
     try:
@@ -193,14 +195,14 @@ def delete(req: Request) -> None:
              _steps(marks))
 
 
-def check(req: Request, source: Callable[[Request, Any], AnnotationSource] = default_source
-          ) -> None:
+def check(req: Request, source: Callable[[Request, Any], AnnotationSource] = default_source,
+          ovs: Any = None) -> None:
     """Compare the pod's interface, addresses, routes and OVS port with the annotation."""
     from ovn_k8s.cni import links  # noqa: PLC0415
 
     conf, pod = req.conf, req.pod
     assert conf is not None and pod is not None and req.netns is not None
-    ovs = _ovs(req)
+    ovs = ovs if ovs is not None else _ovs(req)
     net = source(req, ovs).wait(pod, conf.annotation_timeout)
     host = links.host_veth_name(req.container_id, req.ifname)
     diffs: list[str] = []

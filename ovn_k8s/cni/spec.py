@@ -100,7 +100,8 @@ class NetConf:
     Ours: ``mtu``, ``kubeconfig``, ``logFile``, ``annotationTimeout`` (s),
     ``ovsRemote`` (default: the local ``$OVS_RUNDIR/db.sock``), ``waitOvnInstalled``,
     ``ovnInstalledTimeout`` (s), ``defaultRoute`` (default: only on ``eth0``, so a
-    Multus secondary network leaves the pod's default route alone).
+    Multus secondary network leaves the pod's default route alone), ``daemonSocket``
+    (the node daemon's socket; default ``$OVS_RUNDIR/ovn-k8s-cni.sock``).
     """
 
     cni_version: str
@@ -117,6 +118,7 @@ class NetConf:
     wait_ovn_installed: bool = False
     ovn_installed_timeout: float = DEFAULT_OVN_INSTALLED_TIMEOUT
     default_route: bool | None = None
+    daemon_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,27 @@ def _dns(raw: Any) -> Dns:
                _strings(raw.get("options"), "dns.options"))
 
 
+def version_of(stdin: bytes | str) -> str:
+    """The caller's cniVersion for an error reply, when the config says one we know."""
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return CURRENT_VERSION
+    return version if version in SUPPORTED_VERSIONS else CURRENT_VERSION
+
+
+DAEMON_SOCKET_NAME = "ovn-k8s-cni.sock"
+
+
+def daemon_socket(conf: NetConf | None, environ: Mapping[str, str]) -> str:
+    """Where the node's CNI daemon listens: the config's ``daemonSocket``, else
+    ``$OVS_RUNDIR/ovn-k8s-cni.sock`` (the daemon's default too)."""
+    if conf is not None and conf.daemon_socket:
+        return conf.daemon_socket
+    return os.path.join(environ.get("OVS_RUNDIR") or "/var/run/openvswitch",
+                        DAEMON_SOCKET_NAME)
+
+
 def parse_config(data: bytes | str) -> NetConf:
     """The network config on stdin: a plugin's entry (a conflist's entry carries the
     list's ``cniVersion`` and ``name`` and maybe a ``prevResult``)."""
@@ -339,6 +362,7 @@ def parse_config(data: bytes | str) -> NetConf:
         ovn_installed_timeout=_seconds(raw, "ovnInstalledTimeout",
                                        DEFAULT_OVN_INSTALLED_TIMEOUT),
         default_route=_opt(raw, "defaultRoute", bool, "true or false"),
+        daemon_socket=_opt(raw, "daemonSocket", str, "a socket path"),
     )
 
 

@@ -1,0 +1,191 @@
+"""The CNI plugin through its node daemon (`ovn-k8s-cni-overlay daemon`), on the lab.
+
+The daemon runs detached in each node's netns, as the systemd unit runs it; the
+plugin is still the bin/ launcher run per call. The scenarios of test_cni.py are
+reused as they are (their helpers and bodies), with the daemon up; the daemon's
+``status`` counts prove the calls went through it and not the in-process fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import test_cni as base
+from test_cni import Cluster, cluster  # noqa: F401 - the module's fixture, reused
+
+from ovn_k8s.sandbox.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+NAME = "ovn-k8s-cni-overlay"
+NODES = ("node1", "node2")
+
+
+def appctl(lab: Lab, node: str, *args: str) -> str:
+    proc = lab.node(node).exec(["ovs-appctl", "-t", NAME, *args], timeout=15)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def status(lab: Lab, node: str) -> dict:
+    return json.loads(appctl(lab, node, "status"))
+
+
+def pidfile(lab: Lab, node: str) -> Path:
+    return Path(lab.node(node).env["OVS_RUNDIR"]) / f"{NAME}.pid"
+
+
+def socket_path(lab: Lab, node: str) -> Path:
+    return Path(lab.node(node).env["OVS_RUNDIR"]) / "ovn-k8s-cni.sock"
+
+
+def start_daemon(c: Cluster, node: str) -> None:
+    log = Path(c.log_file).with_name(f"daemon-{node}.log")
+    proc = c.lab.node(node).exec(
+        [base.PLUGIN, "daemon", "--node-name", node, "--kubeconfig", c.kubeconfig,
+         "--pidfile", "--detach", "--no-chdir", f"--log-file={log}", "-vconsole:off",
+         "-vfile:info"], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # --detach returns once the socket is bound and unixctl answers.
+    assert socket_path(c.lab, node).is_socket()
+    assert os.stat(socket_path(c.lab, node)).st_mode & 0o777 == 0o600
+    deadline = time.monotonic() + 20
+    while not status(c.lab, node)["pods_synced"]:
+        assert time.monotonic() < deadline, "the daemon's pod cache never synced"
+        time.sleep(0.05)
+
+
+def stop_daemon(c: Cluster, node: str) -> None:
+    path = pidfile(c.lab, node)
+    if not path.exists():
+        return
+    pid = int(path.read_text().split()[0])
+    if c.lab.node(node).exec(["ovs-appctl", "-t", NAME, "exit"], timeout=15).returncode:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"daemon {pid} did not exit"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def daemons(cluster: Cluster) -> Iterator[Cluster]:  # noqa: F811
+    try:
+        for node in NODES:
+            start_daemon(cluster, node)
+        yield cluster
+    finally:
+        for node in NODES:
+            stop_daemon(cluster, node)
+
+
+def counts(c: Cluster, node: str) -> dict[str, int]:
+    return status(c.lab, node)["requests"]
+
+
+def test_add_ping_tcp_and_delete_through_the_daemon(daemons):
+    c = daemons
+    before = {n: counts(c, n) for n in NODES}
+    base.test_add_on_two_nodes_then_ping_tcp_and_delete_twice(c)
+    for node in NODES:
+        after = counts(c, node)
+        assert after.get("ADD-ok", 0) - before[node].get("ADD-ok", 0) == 1, after
+        # DEL twice: both succeed, both through the daemon.
+        assert after.get("DEL-ok", 0) - before[node].get("DEL-ok", 0) == 2, after
+
+
+def test_annotation_arriving_late_through_the_cache(daemons):
+    c = daemons
+    before = counts(c, "node1").get("ADD-ok", 0)
+    base.test_annotation_arriving_late(c)
+    assert counts(c, "node1").get("ADD-ok", 0) == before + 1
+
+
+def test_check_and_result_versions_through_the_daemon(daemons):
+    base.test_check_passes_then_names_what_changed(daemons)
+    for version in ("0.3.1", "0.4.0", "1.0.0"):
+        base.test_result_per_spec_version(daemons, version)
+
+
+def test_parallel_adds_through_the_daemon(daemons):
+    base.test_parallel_adds_on_one_node(daemons)
+
+
+def test_no_annotation_times_out_with_code_11_and_leaves_nothing(daemons):
+    c = daemons
+    pod = base.new_pod(c, "node2", annotate=False)
+    links_before, ports_before = base.node_links(c, "node2"), base.ovs_ports(c, "node2")
+    # Another pod's ADD is not held up by the one waiting.
+    other = base.new_pod(c, "node2")
+    done: dict = {}
+    waiter = threading.Thread(target=lambda: done.setdefault(
+        "r", base.cni(c, pod, "ADD", base.config(c, annotationTimeout=3))))
+    start = time.monotonic()
+    waiter.start()
+    try:
+        base.assert_pod_wired(c, other, base.add(c, other))
+        assert waiter.is_alive(), done
+    finally:
+        waiter.join(30)
+    assert time.monotonic() - start < 15
+    status_, out, _ = done["r"]
+    assert status_ == 1 and out["code"] == 11, out
+    assert f"pod {c.namespace}/{pod.name}: no 'ovn' annotation after 3s" in out["msg"]
+    assert "has no 'ovn' annotation yet" in out["msg"]
+    base.delete(c, other)
+    assert base.node_links(c, "node2") == links_before
+    assert base.ovs_ports(c, "node2") == ports_before
+    assert base.pod_links(pod) == {"lo"}
+    assert counts(c, "node2").get("ADD-error", 0) >= 1
+    log = Path(c.log_file).with_name("daemon-node2.log").read_text()
+    assert c.srv.token not in log
+
+
+def test_killed_daemon_falls_back_in_process(daemons):
+    c = daemons
+    pid = int(pidfile(c.lab, "node1").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # The stale socket file stays: connecting to it is refused, the plugin works alone.
+    assert socket_path(c.lab, "node1").exists()
+    try:
+        pod = base.new_pod(c, "node1")
+        base.assert_pod_wired(c, pod, base.add(c, pod))
+        # The in-process path writes the config's logFile; the daemon never does.
+        assert f"ADD {c.namespace}/{pod.name}" in Path(c.log_file).read_text()
+        base.delete(c, pod)
+        base.assert_gone(c, pod)
+    finally:
+        pidfile(c.lab, "node1").unlink(missing_ok=True)
+        start_daemon(c, "node1")
+    pod = base.new_pod(c, "node1")
+    base.assert_pod_wired(c, pod, base.add(c, pod))
+    assert counts(c, "node1").get("ADD-ok") == 1  # the restarted daemon's
+    base.delete(c, pod)
+
+
+def test_status_and_socket_option(daemons):
+    c = daemons
+    st = status(c.lab, "node2")
+    assert st["pods_synced"] is True
+    assert st["active"] == 0
+    assert st["pods_cached"] >= 1
+    assert set(st["requests"]) <= {"ADD-ok", "ADD-error", "DEL-ok", "DEL-error",
+                                   "CHECK-ok", "CHECK-error"}
+    # A daemonSocket in the config that nothing listens on: the plugin works alone.
+    pod = base.new_pod(c, "node2")
+    before = counts(c, "node2")
+    result = base.add(c, pod, daemonSocket=str(socket_path(c.lab, "node2")) + ".none")
+    base.assert_pod_wired(c, pod, result)
+    assert counts(c, "node2") == before
+    base.delete(c, pod)
