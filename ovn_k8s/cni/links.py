@@ -97,7 +97,7 @@ def create_veth(host_name: str, ifname: str, netns_path: str, mac: str, mtu: int
             os.close(fd)
 
 
-def _tx_checksum_off(ifname: str) -> None:
+def tx_checksum_off(ifname: str) -> None:
     """``ethtool -K IFNAME tx off``: the userspace datapath does not fill in checksums
     the pod's stack left to the NIC, so TCP through it breaks without this."""
     with Ethtool() as eth:
@@ -150,7 +150,7 @@ def configure_pod(netns_path: str, ifname: str, net: PodNetwork, routes: Iterabl
                 if r.dst.version == 6:
                     kw["family"] = socket.AF_INET6
                 ipr.route("replace", **kw)
-        _tx_checksum_off(ifname)
+        tx_checksum_off(ifname)
 
     try:
         in_netns(netns_path, work)

@@ -58,7 +58,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import Ethtool, IPRoute, netns
+from pyroute2 import IPRoute, netns
+
+from ovn_k8s.cni.links import tx_checksum_off
 
 LOG = logging.getLogger(__name__)
 
@@ -361,17 +363,6 @@ def _ipr(netns_name: str | None = None) -> Any:
     return IPRoute(netns=netns_name) if netns_name else IPRoute()
 
 
-def _tx_checksum_off(ifname: str) -> None:
-    """``ethtool -K IFNAME tx off`` through pyroute2 (in the current thread's netns)."""
-    with Ethtool() as eth:
-        feats = eth.get_features(ifname)
-        changed = False
-        for name, feat in feats.features.items():
-            if name.startswith("tx-checksum") and feat.enable and feat.available:
-                feat.enable = False
-                changed = True
-        if changed:
-            eth.set_features(ifname, feats)
 
 
 # ------------------------------------------------------------------------ data classes
@@ -1231,7 +1222,7 @@ class Lab:
                 ipr.link("set", index=idx, state="up")
                 if gateway:
                     ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
-            _in_netns(pod.netns, lambda: _tx_checksum_off("eth0"))
+            _in_netns(pod.netns, lambda: tx_checksum_off("eth0"))
             n.vsctl(
                 "--", "--may-exist", "add-port", "br-int", port,
                 "--", "set", "Interface", port,
@@ -1299,8 +1290,8 @@ class Lab:
                     e = ipaddress.ip_interface(extra)
                     ipr.addr("add", index=1, address=str(e.ip), prefixlen=e.network.prefixlen)
             # Both ends may carry traffic through the userspace datapath (DESIGN.md).
-            _in_netns(host.netns, lambda: _tx_checksum_off("eth0"))
-            _in_netns(n.netns, lambda: _tx_checksum_off(nic))
+            _in_netns(host.netns, lambda: tx_checksum_off("eth0"))
+            _in_netns(n.netns, lambda: tx_checksum_off(nic))
         except BaseException:
             with contextlib.suppress(Exception):
                 self.del_pod(name)
