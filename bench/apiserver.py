@@ -22,7 +22,6 @@ import http.client
 import json
 import multiprocessing as mp
 import os
-import platform
 import selectors
 import socket
 import subprocess
@@ -34,6 +33,9 @@ from pathlib import Path
 
 import kubernetes
 from kubernetes import client, watch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lab_startstop import machine as machine_info  # bench/lab_startstop.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -368,16 +370,8 @@ def official_watch(srv: Server, rv: str, n: int) -> float:
 # ---- report -----------------------------------------------------------------------------------
 
 def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPUs, {model}, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
+    m = machine_info()
+    return f"{m['cpus']} CPUs, {m['cpu model']}, Linux {m['kernel']}, Python {m['python']}"
 
 
 def main() -> int:
