@@ -126,6 +126,12 @@ def test_up_prints_steps_and_the_table(up, kube, check) -> None:
         pods = kube.list_namespaced_pod(DEMO_NAMESPACE).items
         assert {p.spec.node_name for p in pods} == {"node1", "node2"}
         assert all(p.status.phase == "Running" and p.status.pod_ip for p in pods)
+        # The kubelets' CNI calls went through each node's CNI daemon.
+        for node in ("node1", "node2"):
+            status = subprocess.run(
+                ["ovs-appctl", "-t", str(directory / f"cni-daemon-{node}.ctl"), "status"],
+                capture_output=True, text=True, timeout=20, check=False)
+            assert status.returncode == 0 and "ADD" in status.stdout, status.stdout
 
 
 def test_pods_on_both_nodes_ping_each_other(up, kube, check) -> None:
