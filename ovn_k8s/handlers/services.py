@@ -288,9 +288,13 @@ class ServiceHandler:
             self.nb.execute(*cmds)
             self.counters["transaction_ms"] += round((time.monotonic() - t0) * 1000)
             self.counters["transactions"] += 1
-        self._owned.update(planned)
-        for key in keys:
-            if key not in self.services:
+        # Remember what NB now holds for each key: what was planned from the cache as it
+        # was then. (A delete landing meanwhile re-queues the key; forgetting here would
+        # leave the VIPs just written behind.)
+        for key, desired in planned.items():
+            if desired.vips or desired.own_lbs:
+                self._owned[key] = desired
+            else:
                 self._owned.pop(key, None)
         return []
 
