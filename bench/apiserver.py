@@ -374,6 +374,14 @@ def machine() -> str:
     return f"{m['cpus']} CPUs, {m['cpu model']}, Linux {m['kernel']}, Python {m['python']}"
 
 
+def print_table(heads: tuple[str, ...], rows: list) -> None:
+    w = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+    print(" | ".join(h.ljust(w[i]) for i, h in enumerate(heads)))
+    print("-+-".join("-" * x for x in w))
+    for r in rows:
+        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=10000, help="pods for the lean create run")
@@ -422,13 +430,7 @@ def main() -> int:
 
     print(f"\nKubernetes API emulator benchmark — {machine()}")
     print(f"client: kubernetes {kubernetes.__version__}; server: separate process\n")
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    heads = ("what", "how", "result", "target")
-    w = [max(w[i], len(heads[i])) for i in range(4)]
-    print(" | ".join(h.ljust(w[i]) for i, h in enumerate(heads)))
-    print("-+-".join("-" * x for x in w))
-    for r in rows:
-        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    print_table(("what", "how", "result", "target"), rows)
     return 0
 
 

@@ -32,7 +32,7 @@ from kubernetes import client, watch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apiserver import Server, get_json, lean_creates, machine
+from apiserver import Server, get_json, lean_creates, machine, print_table
 
 from ovn_k8s.kube import client as kclient
 from ovn_k8s.kube.reflector import Reflector
@@ -191,12 +191,7 @@ def main() -> int:
     finally:
         srv.stop()
     print(f"\nReflector benchmark — {machine()}\n")
-    heads = ("what", "how", "result")
-    w = [max(len(r[i]) for r in [heads, *rows]) for i in range(3)]
-    print(" | ".join(h.ljust(w[i]) for i, h in enumerate(heads)))
-    print("-+-".join("-" * x for x in w))
-    for r in rows:
-        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    print_table(("what", "how", "result"), rows)
     return 0
 
 

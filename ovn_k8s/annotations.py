@@ -18,16 +18,26 @@ class AnnotationError(ValueError):
     """An annotation is present but not what the contract says."""
 
 
-def node_subnet(annotations: dict[str, str] | None) -> netaddr.IPNetwork | None:
-    """The node's default-network subnet, or None when not annotated yet."""
-    raw = (annotations or {}).get(NODE_SUBNETS)
+def _json_object(annotations: dict[str, str] | None, key: str) -> tuple[dict | None, str]:
+    """(the annotation ``key`` decoded, its text); (None, "") when it is absent."""
+    raw = (annotations or {}).get(key)
     if raw is None:
-        return None
+        return None, ""
     try:
         value = json.loads(raw)
     except ValueError as e:
-        raise AnnotationError(f"{NODE_SUBNETS} is not JSON: {raw!r}") from e
-    if not isinstance(value, dict) or not isinstance(value.get("default"), str):
+        raise AnnotationError(f"{key} is not JSON: {raw[:200]!r}") from e
+    if not isinstance(value, dict):
+        raise AnnotationError(f"{key} is not a JSON object: {raw[:200]!r}")
+    return value, raw
+
+
+def node_subnet(annotations: dict[str, str] | None) -> netaddr.IPNetwork | None:
+    """The node's default-network subnet, or None when not annotated yet."""
+    value, raw = _json_object(annotations, NODE_SUBNETS)
+    if value is None:
+        return None
+    if not isinstance(value.get("default"), str):
         raise AnnotationError(f'{NODE_SUBNETS} must be {{"default": "CIDR"}}, got {raw!r}')
     try:
         return ipam.parse_network(value["default"], NODE_SUBNETS)
@@ -69,15 +79,9 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 def pod_network(annotations: dict[str, str] | None) -> PodNetwork | None:
     """The pod's ``ovn`` annotation, or None when it has none yet."""
-    raw = (annotations or {}).get(POD_NETWORK)
-    if raw is None:
+    value, _ = _json_object(annotations, POD_NETWORK)
+    if value is None:
         return None
-    try:
-        value = json.loads(raw)
-    except ValueError as e:
-        raise AnnotationError(f"{POD_NETWORK} annotation is not JSON: {raw[:200]!r}") from e
-    if not isinstance(value, dict):
-        raise AnnotationError(f"{POD_NETWORK} annotation is not a JSON object")
     try:
         ip = ipam.parse_interface_address(str(value["ip_address"]), "ip_address")
         gateway = ipam.parse_address(str(value["gateway_ip"]), "gateway_ip")

@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from watcher_env import make_node, make_pod, pod_network, settle, wait_for, watcher_env
+from watcher_env import (
+    make_node,
+    make_pod,
+    pod_network,
+    restart_writes_nothing,
+    wait_for,
+    watcher_env,
+)
 
 from ovn_k8s import topology, translate
 
@@ -236,11 +243,5 @@ def test_restart_writes_nothing_and_removes_stale_vips(env, cluster, service):
     wait_for(lambda: backends_in_nb(nb, "tcp", "10.96.99.99:99") == -1, what="stale VIP gone")
     assert backends_in_nb(nb, "tcp", f"{service}:80") == 3
 
-    watcher.stop()
-    seqno = settle(nb)
-    watcher.start()
-    wait_for(watcher.idle, what="the watcher to settle again")
-    time.sleep(0.5)
-    nb.execute(nb.api.ls_list())
-    assert nb.api.idl.change_seqno == seqno, "a restart with nothing changed wrote to NB"
+    assert restart_writes_nothing(watcher, nb), "a restart with nothing changed wrote to NB"
     assert watcher.status()["services"]["transactions"] == 0

@@ -12,7 +12,7 @@ from watcher_env import (
     make_pod,
     node_subnet,
     pod_network,
-    settle,
+    restart_writes_nothing,
     switch_ports,
     wait_for,
     watcher_env,
@@ -120,14 +120,7 @@ def test_restart_with_nothing_changed_writes_nothing(env):
     _, _, _, watcher, nb = env
     wait_for(watcher.idle, what="the watcher to settle")
     ports = {p.name: (p.addresses, dict(p.external_ids)) for p in nb.rows("Logical_Switch_Port")}
-    watcher.stop()
-    # NB is quiet now (northd settled): every change from here on is the watcher's.
-    seqno = settle(nb)
-    watcher.start()
-    wait_for(watcher.idle, what="the restarted watcher to settle")
-    time.sleep(0.5)
-    nb.execute(nb.api.ls_list())
-    assert nb.api.idl.change_seqno == seqno, "the restarted watcher wrote to NB"
+    assert restart_writes_nothing(watcher, nb), "the restarted watcher wrote to NB"
     after = {p.name: (p.addresses, dict(p.external_ids)) for p in nb.rows("Logical_Switch_Port")}
     assert after == ports
     assert watcher.status()["pods"]["transactions"] == 0

@@ -220,3 +220,18 @@ def wait_converged(v1: client.CoreV1Api, nb: ovsdb.NbDb, timeout: float = 60.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"{len(problems)} problems, e.g. {problems[:5]}")
         time.sleep(0.2)
+
+
+def restart_writes_nothing(watcher: WatcherProcess, nb: ovsdb.NbDb) -> bool:
+    """Stop the watcher, let NB settle, start it again: True if it wrote nothing.
+
+    Compared by the replica's change counter: once northd has settled, every change
+    NB sends us is the watcher's.
+    """
+    watcher.stop()
+    seqno = settle(nb)
+    watcher.start()
+    wait_for(watcher.idle, what="the restarted watcher to settle")
+    time.sleep(0.5)  # a write would reach our replica within this
+    nb.execute(nb.api.ls_list())
+    return nb.api.idl.change_seqno == seqno
