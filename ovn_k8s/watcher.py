@@ -88,12 +88,13 @@ class Watcher:
                 return
         self.node_queue.add(key)
 
-    def _on_pod(self, _etype: str, key: str, _obj: Any) -> None:
+    def _on_pod(self, etype: str, key: str, obj: Any) -> None:
         with self._lock:
             if self._early is not None:
                 self._early["pods"].add(key)
                 return
-        self.pod_queue.add(key)
+        if self.pods.needs_work(etype, key, obj):
+            self.pod_queue.add(key)
 
     def _on_service(self, _etype: str, key: str, _obj: Any) -> None:
         self._queue_service(key)

@@ -40,6 +40,13 @@ class Held:
     ip: netaddr.IPAddress
 
 
+def _fingerprint(pod: dict[str, Any]) -> tuple[Any, ...]:
+    """What a pod's wiring depends on; an update that leaves it alone needs no work."""
+    meta = pod["metadata"]
+    return (meta.get("uid"), (pod.get("spec") or {}).get("nodeName"), is_wired(pod),
+            (meta.get("annotations") or {}).get(annotations.POD_NETWORK))
+
+
 def is_wired(pod: dict[str, Any] | None) -> bool:
     if pod is None:
         return False
@@ -68,6 +75,8 @@ class PodHandler:
         self._pools: dict[str, ipam.AddressPool] = {}
         self._held: dict[str, Held] = {}
         self._reported: set[tuple[str, str]] = set()
+        # key -> the fingerprint of the state last brought into NB and the annotation.
+        self._settled: dict[str, tuple[Any, ...]] = {}
         self._patcher = ThreadPoolExecutor(patch_workers, thread_name_prefix="annotate")
         self._lock = threading.Lock()  # the pools are also read by status()
         self.counters = {"ports_created": 0, "ports_deleted": 0, "annotated": 0,
@@ -150,6 +159,17 @@ class PodHandler:
 
     # ---- events ------------------------------------------------------------------------
 
+    def needs_work(self, etype: str, key: str, pod: dict[str, Any] | None) -> bool:
+        """False for an update that changes nothing we act on.
+
+        Most pod updates are status (kubelet) or our own annotation coming back; each
+        would otherwise cost a full plan and an NB comparison. Adds and deletes always
+        go through, and so does everything about a pod whose last handling failed.
+        """
+        if etype != "MODIFIED" or pod is None:
+            return True
+        return self._settled.get(key) != _fingerprint(pod)
+
     def handle_batch(self, keys: list[str]) -> list[str]:
         """Bring every pod of ``keys`` to its wanted state; returns the keys that failed."""
         cmds: list[Any] = []
@@ -158,7 +178,9 @@ class PodHandler:
         release_after: list[str] = []
         failed: list[str] = []
         new_holds: list[str] = []
+        settled: dict[str, tuple[Any, ...]] = {}
         for key in keys:
+            self._settled.pop(key, None)
             pod = self.cache.get(key)
             if not is_wired(pod):
                 self._plan_removal(key, pod, cmds, in_txn, release_after)
@@ -177,8 +199,11 @@ class PodHandler:
                 cmds.append(translate.EnsurePodPort(self.nb.api, port))
                 in_txn.append(key)
                 self.counters["ports_created"] += 1
+            fingerprint = _fingerprint(pod)
             if annotation is not None:
                 patches.append((key, pod, annotation))
+                fingerprint = (*fingerprint[:3], annotation)  # as its echo will show it
+            settled[key] = fingerprint
         self.counters["batches"] += 1
         self.counters["batched_keys"] += len(keys)
         if cmds:
@@ -198,6 +223,8 @@ class PodHandler:
                 release_after = [k for k in release_after if k not in in_txn_set]
         for key in release_after:
             self._release(key)
+        for key in set(settled).difference(failed):
+            self._settled[key] = settled[key]
         self._annotate(patches)
         return failed
 
@@ -271,6 +298,7 @@ class PodHandler:
         if error is None:
             self.counters["annotated"] += 1
             return
+        self._settled.pop(key, None)
         status = getattr(error, "status", None)
         if status == 404:
             return  # deleted meanwhile: its DELETED event cleans up

@@ -80,6 +80,21 @@ def test_lineage_wrong_token_is_refused(srv):
     assert e.value.status == 401
 
 
+def test_merge_patch_fetches_a_rotated_token_after_a_401(srv):
+    """Credentials are reused between patches, but a 401 makes the next call read
+    them again, so a rotated token is picked up at once."""
+    api = kclient.api_client(lineage(k8s_api_server=srv.url, k8s_api_token="old"), environ={})
+    with api:
+        body = {"metadata": {"labels": {"rotated": "yes"}}}
+        with pytest.raises(ApiException) as e:
+            kclient.merge_patch(api, "/api/v1/namespaces/default", body)
+        assert e.value.status == 401
+        api.configuration.api_key["authorization"] = srv.token
+        kclient.merge_patch(api, "/api/v1/namespaces/default", body)
+        ns = client.CoreV1Api(api).read_namespace("default")
+        assert ns.metadata.labels["rotated"] == "yes"
+
+
 def test_lineage_https_with_ca_file_or_inline_pem(tmp_path):
     ca = tmp_path / "ca.crt"
     ca.write_text(PEM)
