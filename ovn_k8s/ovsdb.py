@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -143,13 +143,11 @@ def _fetch_schema_once(remotes: Sequence[str], schema: str, timeout: float) -> d
     ovsdbapp's own fetch blocks without limit on a remote that accepts and never
     answers; this one gives each step a deadline so a bad remote fails in time.
     """
-    errors = []
+    errors: list[str] = []
     for remote in remotes:
-        err, strm = stream.Stream.open_block(stream.Stream.open(remote), int(timeout * 1000))
-        if err:
-            errors.append(f"{remote}: {_strerror(err)}")
+        rpc = _open_rpc(remote, timeout, errors)
+        if rpc is None:
             continue
-        rpc = jsonrpc.Connection(strm)
         try:
             reply = _transact_with_deadline(
                 rpc, jsonrpc.Message.create_request("get_schema", [schema]), timeout
@@ -163,6 +161,15 @@ def _fetch_schema_once(remotes: Sequence[str], schema: str, timeout: float) -> d
         else:
             return reply.result
     raise OvsdbConnectError("; ".join(errors))
+
+
+def _open_rpc(remote: str, timeout: float, errors: list[str]) -> jsonrpc.Connection | None:
+    """A JSON-RPC connection to ``remote``, or None with the reason added to ``errors``."""
+    err, strm = stream.Stream.open_block(stream.Stream.open(remote), int(timeout * 1000))
+    if err:
+        errors.append(f"{remote}: {_strerror(err)}")
+        return None
+    return jsonrpc.Connection(strm)
 
 
 def _transact_with_deadline(
@@ -179,13 +186,16 @@ def _transact_with_deadline(
         if err and err != errno.EAGAIN:
             return _strerror(err)
         if timeval.msec() >= deadline:
-            return f"no answer within {timeout:g}s"
+            return f"{_NO_ANSWER} {timeout:g}s"
         rpc.run()
         p = poller.Poller()
         rpc.wait(p)
         rpc.recv_wait(p)
         p.timer_wait_until(deadline)
         p.block()
+
+
+_NO_ANSWER = "no answer within"
 
 
 def _strerror(err: int) -> str:
@@ -284,6 +294,8 @@ class Database:
         self._tables = tuple(tables) if tables is not None else self.default_tables
         self._connect_timeout = timeout if connect_timeout is None else connect_timeout
         self._refs = 1
+        self._raw: jsonrpc.Connection | None = None
+        self._raw_lock = threading.Lock()
         self.api = self._connect()
 
     def _connect(self) -> Any:
@@ -328,20 +340,26 @@ class Database:
     def idl(self) -> ovs_idl.Idl:
         return self.api.idl
 
+    @contextlib.contextmanager
+    def replica(self) -> Iterator[Any]:
+        """The IDL's in-memory replica (the ovsdbapp API), held still while in use.
+
+        ovsdbapp's thread applies updates under its connection's (reentrant) lock.
+        Reading without it races with them: a copy of a table's rows fails with
+        "dictionary changed size", and a name-index lookup can miss a row or return
+        another (seen here: a pod's port lookup returned its neighbour's). Keep the
+        block short; the replica stops following the server while it is held.
+        """
+        with self.api.ovsdb_connection.lock:
+            yield self.api
+
     def rows(self, table: str) -> list[Any]:
         """A snapshot of the IDL's in-memory rows of ``table``: read-only, no round trip.
 
-        Resync diffs against this instead of querying per object. The IDL's thread
-        applies updates to the same dict while we copy it; a copy that raced with
-        one is simply taken again (the copy is short; updates come in bursts).
+        Resync diffs against this instead of querying per object.
         """
-        rows = self.api.tables[table].rows
-        for _ in range(1000):
-            try:
-                return list(rows.values())
-            except RuntimeError:  # "dictionary changed size during iteration"
-                time.sleep(0)
-        raise OvsdbError(f"{self.schema}: {table} kept changing while being read")
+        with self.replica() as api:
+            return list(api.tables[table].rows.values())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -360,6 +378,61 @@ class Database:
             for cmd in commands:
                 txn.add(cmd)
         return [cmd.result for cmd in commands]
+
+    def transact(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run raw OVSDB operations (RFC 7047, 5.2) as one transaction, beside the IDL.
+
+        For bulk inserts: building rows through the IDL's transaction objects cost
+        about twice the CPU of the whole raw request here (measured: ~1.1 against
+        ~0.5 ms per pod port, our replica's processing of the update included).
+        Returns the per-operation results; any error raises OvsdbTransactionError, and
+        then nothing was written. Our replica learns of the change through its
+        monitor a moment later: callers that read it next use :meth:`wait_replica`.
+        """
+        request = jsonrpc.Message.create_request("transact", [self.schema, *ops])
+        with self._raw_lock:
+            reused = self._raw is not None
+            reply = self._raw_request(request)
+            if isinstance(reply, str) and reused and not reply.startswith(_NO_ANSWER):
+                # The server drops connections that stay idle; a request that found
+                # ours closed was never read, so it is safe to send again (one that
+                # timed out may have been, so that one is not).
+                reply = self._raw_request(request)
+        if isinstance(reply, str):
+            raise OvsdbTransactionError(f"{self.schema} at {self.remote}: {reply}")
+        if reply.error:
+            raise OvsdbTransactionError(f"{self.schema} at {self.remote}: {reply.error}")
+        errors = [r for r in reply.result if isinstance(r, dict) and "error" in r]
+        if errors:
+            raise OvsdbTransactionError(
+                f"{self.schema} at {self.remote}: "
+                + "; ".join(f"{e['error']}: {e.get('details', '')}" for e in errors))
+        return list(reply.result)
+
+    def _raw_request(self, request: jsonrpc.Message) -> jsonrpc.Message | str:
+        if self._raw is None:
+            errors: list[str] = []
+            for remote in self._remotes:
+                self._raw = _open_rpc(remote, self.timeout, errors)
+                if self._raw is not None:
+                    break
+            else:
+                return "; ".join(errors)
+        assert self._raw is not None
+        reply = _transact_with_deadline(self._raw, request, self.timeout)
+        if isinstance(reply, str):
+            self._raw.close()
+            self._raw = None
+        return reply
+
+    def wait_replica(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``done()`` holds on our replica (after :meth:`transact`)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not done():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
 
     def ensure(
         self,
@@ -388,6 +461,10 @@ class Database:
         conn = self.api.ovsdb_connection
         if conn is not None:
             conn.stop(timeout=self.timeout)
+        with self._raw_lock:
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
 
     def __enter__(self) -> Database:
         return self

@@ -1,12 +1,14 @@
 """Kubernetes objects to OVN NB rows: the one place that knows how a pod looks in NB.
 
 Handlers decide *what* should exist; this module says *how* it is written, as
-ovsdbapp commands that compose into one transaction, and reads back what NB holds
-(from the IDL's in-memory replica, never a query per object).
+ovsdbapp commands that compose into one transaction (or, for new pod ports in bulk,
+raw OVSDB operations), and reads back what NB holds (from the IDL's in-memory
+replica, never a query per object).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,19 +69,69 @@ def lsp_row(api: Any, name: str) -> Any:
     return idlutils.row_by_value(api.idl, "Logical_Switch_Port", "name", name, None)
 
 
+def switch_row(api: Any, name: str) -> Any:
+    return idlutils.row_by_value(api.idl, "Logical_Switch", "name", name, None)
+
+
+def lookup(nb: NbDb, ports: Iterable[str] = (), switches: Iterable[str] = ()
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Logical switch ports and switches by name, found in one look at the replica."""
+    with nb.replica() as api:
+        rows = ((n, lsp_row(api, n)) for n in ports)
+        found_ports = {n: row for n, row in rows if row is not None}
+        rows = ((n, switch_row(api, n)) for n in switches)
+        return found_ports, {n: row for n, row in rows if row is not None}
+
+
 def _row_matches(row: Any, columns: dict[str, Any]) -> bool:
     return all(getattr(row, col) == value for col, value in columns.items())
 
 
-def port_is_current(nb: NbDb, port: PodPort) -> bool:
-    """True when NB already holds exactly this port (no write needed).
+def port_is_current(port: PodPort, row: Any) -> bool:
+    """True when ``row`` (from :func:`lookup`) is exactly this port: no write needed.
 
     We only ever put a pod's port on the switch its requested-chassis names, so
     matching columns mean the right switch too; checking membership in a switch's
     port list would cost O(ports) per pod.
     """
-    row = lsp_row(nb.api, port.lsp)
     return row is not None and _row_matches(row, port.columns())
+
+
+def _datum(value: Any) -> Any:
+    """A Python value in OVSDB's JSON notation (RFC 7047, 5.1)."""
+    if isinstance(value, dict):
+        return ["map", [[k, v] for k, v in value.items()]]
+    if isinstance(value, list):
+        return ["set", value]
+    return value
+
+
+def new_pod_ports_ops(ports: list[PodPort], switches: dict[str, Any]) -> list[dict[str, Any]]:
+    """Raw operations (for ``NbDb.transact``) that create ``ports``, none of which
+    exists yet, on their nodes' switches (``switches``: rows by name, from :func:`lookup`).
+
+    A wait on each switch makes the transaction fail if the switch is gone, instead of
+    OVSDB silently dropping ports that no switch references. Raises LookupError
+    naming a node missing from ``switches``.
+    """
+    ops: list[dict[str, Any]] = []
+    by_switch: dict[str, list[str]] = {}
+    for i, port in enumerate(ports):
+        ops.append({"op": "insert", "table": "Logical_Switch_Port", "uuid-name": f"p{i}",
+                    "row": {"name": port.lsp,
+                            **{c: _datum(v) for c, v in port.columns().items()}}})
+        by_switch.setdefault(port.node, []).append(f"p{i}")
+    for node, names in by_switch.items():
+        switch = switches.get(node)
+        if switch is None:
+            raise LookupError(f"node {node} has no switch")
+        where = [["_uuid", "==", ["uuid", str(switch.uuid)]]]
+        ops.append({"op": "wait", "table": "Logical_Switch", "where": where, "timeout": 0,
+                    "columns": ["name"], "until": "==", "rows": [{"name": node}]})
+        ops.append({"op": "mutate", "table": "Logical_Switch", "where": where,
+                    "mutations": [["ports", "insert",
+                                   ["set", [["named-uuid", n] for n in names]]]]})
+    return ops
 
 
 class EnsurePodPort(ovsdbapp_command.BaseCommand):
@@ -131,7 +183,7 @@ def _delete_port(api: Any, row: Any) -> None:
     # The port's switch is its node's (requested-chassis); scanning every switch's
     # ports is the fallback for a row someone else edited.
     node = row.options.get("requested-chassis")
-    switch = idlutils.row_by_value(api.idl, "Logical_Switch", "name", node, None) if node else None
+    switch = switch_row(api, node) if node else None
     if switch is None or row not in switch.ports:
         switch = next((s for s in api.tables["Logical_Switch"].rows.values() if row in s.ports),
                       None)

@@ -155,7 +155,7 @@ class Watcher:
                             "nodes": len(self.node_reflector), "pods": len(self.pod_reflector),
                             "services": len(self.service_reflector)}
         if self.sync_mode == "log":
-            drift = [k for k in early["pods"] if self._pod_drifted(k)]
+            drift = self._pods_drifted(early["pods"])
             self.sync_report["pods_drifted"] = len(drift)
             LOG.warning("sync mode log: %d stale pod ports, %d stale node switches, %d pods "
                         "not in step with NB, %d load balancers with stale VIPs; left as "
@@ -189,10 +189,12 @@ class Watcher:
         LOG.info("watching %d nodes and %d pods (start-up %.2fs)", len(self.node_reflector),
                  len(self.pod_reflector), self.started_at - t0)
 
-    def _pod_drifted(self, key: str) -> bool:
-        """A port missing for a wired pod, or present for a pod that should have none."""
-        row = translate.lsp_row(self.nb.api, translate.lsp_name(*key.split("/", 1)))
-        return (row is None) == is_wired(self.pod_reflector.get(key))
+    def _pods_drifted(self, keys: set[str]) -> list[str]:
+        """Pods whose port is missing, or present though they should have none."""
+        names = {key: translate.lsp_name(*key.split("/", 1)) for key in keys}
+        rows, _ = translate.lookup(self.nb, names.values())
+        return [key for key, name in names.items()
+                if (name in rows) != is_wired(self.pod_reflector.get(key))]
 
     def idle(self, timeout: float | None = None) -> bool:
         """True once both queues are empty and no key is being handled."""

@@ -87,6 +87,7 @@ def test_recreated_pod_gets_a_port_of_its_own(env):
     _, _, v1, _, nb = env
     make_pod(v1, "db-0", "node1")
     wait_for(lambda: pod_network(v1, "db-0") is not None, what="db-0")
+    wait_for(lambda: lsp(nb, "db-0") is not None, what="db-0's port in our replica")
     old_uid = lsp(nb, "db-0").external_ids[translate.UID]
     v1.delete_namespaced_pod("db-0", "default", grace_period_seconds=0)
     make_pod(v1, "db-0", "node2")

@@ -147,8 +147,9 @@ def pod_network(v1: client.CoreV1Api, name: str, namespace: str = "default"):
 
 
 def lsp(nb: ovsdb.NbDb, name: str, namespace: str = "default"):
-    nb.execute(nb.api.ls_list())  # a round trip: our replica has caught up
-    return translate.lsp_row(nb.api, translate.lsp_name(namespace, name))
+    """The port as this test's replica holds it now (it may trail NB by a moment)."""
+    port = translate.lsp_name(namespace, name)
+    return translate.lookup(nb, [port])[0].get(port)
 
 
 def switch_ports(nb: ovsdb.NbDb, node: str) -> set[str]:

@@ -2,9 +2,10 @@
 
 import time
 
+import netaddr
 import pytest
 
-from ovn_k8s import ovsdb
+from ovn_k8s import ovsdb, translate
 
 pytestmark = pytest.mark.lab
 
@@ -76,6 +77,44 @@ def test_reconnects_after_nb_restart(lab, nb):
     assert time.monotonic() - start < nb.timeout
     assert {"before-restart", "after-restart"} <= set(_names(nb, "Logical_Switch"))
     nb.execute(nb.api.ls_del("before-restart"), nb.api.ls_del("after-restart"))
+
+
+def test_raw_transact_writes_atomically_and_survives_a_restart(lab, nb):
+    """NbDb.transact: bulk pod ports beside the IDL; a failed transaction writes
+    nothing, and the raw connection comes back after the server restarts."""
+    nb.execute(nb.api.ls_add("raw-sw"))
+    ports = [translate.PodPort("ns", f"raw-{i}", f"uid-{i}", "raw-sw",
+                               translate.pod_network_for(netaddr.IPAddress(f"10.9.0.{i + 2}"),
+                                                         netaddr.IPNetwork("10.9.0.0/24")))
+             for i in range(3)]
+    switches = translate.lookup(nb, switches=["raw-sw"])[1]
+    nb.transact(translate.new_pod_ports_ops(ports[:2], switches))
+    assert nb.wait_replica(lambda: "ns_raw-1" in translate.lookup(nb, ["ns_raw-1"])[0], 5)
+    sw = nb.api.lookup("Logical_Switch", "raw-sw")
+    assert sorted(p.name for p in sw.ports) == ["ns_raw-0", "ns_raw-1"]
+    rows = translate.lookup(nb, [p.lsp for p in ports])[0]
+    assert all(translate.port_is_current(p, rows.get(p.lsp)) for p in ports[:2])
+    assert "ns_raw-2" not in rows
+
+    # A name that exists already: the whole transaction fails, ns_raw-2 is not made.
+    with pytest.raises(ovsdb.OvsdbTransactionError, match="constraint violation"):
+        nb.transact(translate.new_pod_ports_ops(ports[1:], switches))
+    # A switch deleted after the ops were built: no port is left without a switch.
+    ops = translate.new_pod_ports_ops(ports[2:], switches)
+    nb.execute(nb.api.ls_add("raw-sw2"))
+    nb.execute(nb.api.ls_del("raw-sw"))
+    with pytest.raises(ovsdb.OvsdbTransactionError, match="timed out"):
+        nb.transact(ops)
+    nb.execute(nb.api.ls_list())
+    assert not [p for p in nb.rows("Logical_Switch_Port") if p.name.startswith("ns_raw-")]
+
+    lab.restart_nb()
+    nb.execute(nb.api.ls_add("raw-sw3"))  # the IDL is back: the switch row to write to
+    moved = translate.PodPort("ns", "raw-9", "uid-9", "raw-sw3", ports[0].network)
+    nb.transact(translate.new_pod_ports_ops(
+        [moved], translate.lookup(nb, switches=["raw-sw3"])[1]))
+    assert nb.wait_replica(lambda: "ns_raw-9" in translate.lookup(nb, ["ns_raw-9"])[0], 5)
+    nb.execute(nb.api.ls_del("raw-sw2"), nb.api.ls_del("raw-sw3"))
 
 
 def test_sb_and_node_ovs(lab):
