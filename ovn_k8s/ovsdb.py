@@ -61,6 +61,13 @@ NB_TABLES: tuple[str, ...] = (
     "Port_Group",
     "Address_Set",
 )
+# Tables monitored with only some of their columns. ovn-northd writes
+# Logical_Switch_Port.up on every new port; monitoring it cost our replica a second
+# update (parse, index removal and re-insertion) per pod wired.
+NB_COLUMNS: dict[str, tuple[str, ...]] = {
+    "Logical_Switch_Port": ("name", "type", "addresses", "port_security", "options",
+                            "external_ids", "parent_name", "tag_request", "tag", "enabled"),
+}
 SB_TABLES: tuple[str, ...] = (
     "SB_Global",
     "Chassis",
@@ -276,6 +283,7 @@ class Database:
 
     schema: ClassVar[str]
     default_tables: ClassVar[tuple[str, ...]]
+    columns: ClassVar[dict[str, tuple[str, ...]]] = {}
     backend_base: ClassVar[type]
 
     def __init__(
@@ -301,7 +309,10 @@ class Database:
     def _connect(self) -> Any:
         helper = ovs_idl.SchemaHelper(None, self._fetch_schema())
         for table in self._tables:
-            helper.register_table(table)
+            if table in self.columns:
+                helper.register_columns(table, list(self.columns[table]))
+            else:
+                helper.register_table(table)
         idl = connection.OvsdbIdl(self.remote, helper, leader_only=True)
         conn = connection.Connection(idl, timeout=self.timeout)
         # A class per connection: ovsdbapp stores the connection on the class.
@@ -476,6 +487,7 @@ class Database:
 class NbDb(Database):
     schema = "OVN_Northbound"
     default_tables = NB_TABLES
+    columns = NB_COLUMNS
     backend_base = nb_impl.OvnNbApiIdlImpl
 
 
