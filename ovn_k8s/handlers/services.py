@@ -13,7 +13,14 @@ Where each VIP goes:
 Backends are the ready endpoints of the service's slices; when none is ready, the
 serving-and-terminating ones, as kube-proxy falls back. A VIP with no backend stays,
 empty: our load balancers carry ``reject=true`` (as ovn-kubernetes does), so clients
-get a reset at once instead of waiting for a timeout.
+get a reset at once instead of waiting for a timeout. On a cluster that serves no
+EndpointSlices the watcher reads core/v1 Endpoints instead; `slices_from_endpoints`
+turns each into the slices it stands for, so the rest does not know the difference.
+
+IPv6 VIPs and backends are written ``[ip]:port``. A dual-stack service (``clusterIPs``
+of both families) gets a VIP per address, each with the backends of its own family
+only: OVN cannot translate between families. An endpoint address that is not an IP is
+reported once and left out; the service's other endpoints still count.
 
 Changes are written as map mutations of single VIPs (translate.SetVips), batched into
 one transaction per queue batch. What a service owns is remembered, so a changed port
@@ -57,6 +64,7 @@ class Desired:
 
     vips: dict[tuple[str, str], str] = field(default_factory=dict)  # (lb, vip) -> backends
     own_lbs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> columns
+    problems: list[str] = field(default_factory=list)  # input left out, for the log
 
 
 def _ip(text: Any, what: str) -> str:
@@ -72,10 +80,33 @@ def _port(value: Any, what: str) -> int:
     return value
 
 
-def endpoints_for(slices: Iterable[dict[str, Any]], port_name: str, protocol: str
-                  ) -> list[tuple[str, int, str | None]]:
+def slices_from_endpoints(ep: dict[str, Any]) -> list[dict[str, Any]]:
+    """A core/v1 Endpoints object as the EndpointSlices it stands for: one per subset
+    and address family, ``addresses`` ready, ``notReadyAddresses`` not ready (Endpoints
+    has no serving/terminating conditions), ``nodeName`` and ``targetRef`` kept."""
+    out = []
+    for subset in ep.get("subsets") or ():
+        by_family: dict[str, list[dict[str, Any]]] = {}
+        for ready, field_name in ((True, "addresses"), (False, "notReadyAddresses")):
+            for a in subset.get(field_name) or ():
+                ip = str(a.get("ip"))
+                item: dict[str, Any] = {"addresses": [ip], "conditions": {"ready": ready}}
+                for k in ("nodeName", "targetRef"):
+                    if a.get(k):
+                        item[k] = a[k]
+                by_family.setdefault("IPv6" if ":" in ip else "IPv4", []).append(item)
+        for family, endpoints in sorted(by_family.items()):
+            out.append({"addressType": family, "endpoints": endpoints,
+                        "ports": subset.get("ports") or []})
+    return out
+
+
+def endpoints_for(slices: Iterable[dict[str, Any]], port_name: str, protocol: str,
+                  problems: list[str] | None = None) -> list[tuple[str, int, str | None]]:
     """(ip, port, node) of the usable endpoints for one service port, as kube-proxy picks
-    them: the ready ones, else the serving and terminating ones."""
+    them: the ready ones, else (per family) the serving and terminating ones. Addresses
+    that are not
+    IPs are left out and described in `problems`."""
     ready: set[tuple[str, int, str | None]] = set()
     fallback: set[tuple[str, int, str | None]] = set()
     for sl in slices:
@@ -84,19 +115,34 @@ def endpoints_for(slices: Iterable[dict[str, Any]], port_name: str, protocol: st
         number = next((p.get("port") for p in sl.get("ports") or ()
                        if (p.get("name") or "") == port_name
                        and (p.get("protocol") or "TCP") == protocol), None)
-        if not isinstance(number, int):
+        if not isinstance(number, int) or not 1 <= number <= 65535:
             continue
         for ep in sl.get("endpoints") or ():
             cond = ep.get("conditions") or {}
             node = ep.get("nodeName")
             for addr in ep.get("addresses") or ():
-                item = (str(addr), number, node)
+                try:
+                    item = (_ip(addr, "endpoint address"), number, node)
+                except ServiceError as e:
+                    if problems is not None:
+                        problems.append(str(e))
+                    continue
                 # ready unset means "unknown": consumers treat it as ready.
                 if cond.get("ready", True):
                     ready.add(item)
                 elif cond.get("serving") and cond.get("terminating"):
                     fallback.add(item)
-    return sorted(ready or fallback)
+    # Per family: a dual-stack service falls back only where a family has no ready one.
+    families = {":" in ip for ip, _, _ in ready}
+    return sorted(ready | {e for e in fallback if (":" in e[0]) not in families})
+
+
+def _backends(eps: list[tuple[str, int, str | None]], vip_ip: str,
+              node: str | None = None) -> str:
+    """The backends of a VIP on `vip_ip`: its address family only (and `node`'s only)."""
+    v6 = ":" in vip_ip
+    return ",".join(translate.vip(ip, num) for ip, num, on in eps
+                    if (":" in ip) == v6 and (node is None or on == node))
 
 
 def desired_for(svc: dict[str, Any], slices: list[dict[str, Any]],
@@ -121,8 +167,8 @@ def desired_for(svc: dict[str, Any], slices: list[dict[str, Any]],
         if protocol is None:
             raise ServiceError(f"protocol {p.get('protocol')!r} is not TCP, UDP or SCTP")
         port = _port(p.get("port"), "port")
-        eps = endpoints_for(slices, p.get("name") or "", p.get("protocol") or "TCP")
-        backends = ",".join(translate.vip(ip, num) for ip, num, _ in eps)
+        eps = endpoints_for(slices, p.get("name") or "", p.get("protocol") or "TCP",
+                            out.problems)
         if cluster_ips or external:
             if affinity:
                 lb = translate.service_lb_name(namespace, name, protocol)
@@ -134,30 +180,32 @@ def desired_for(svc: dict[str, Any], slices: list[dict[str, Any]],
                                                    "service-lb"),
                 })
                 for ip in cluster_ips + external:
-                    row["vips"][translate.vip(ip, port)] = backends
+                    row["vips"][translate.vip(ip, port)] = _backends(eps, ip)
             else:
                 for ip in cluster_ips + external:
                     out.vips[(topology.cluster_lb_name(protocol), translate.vip(ip, port))] = (
-                        backends)
+                        _backends(eps, ip))
         for gw in gateways:
             lb = topology.gateway_lb_name(gw.node, protocol)
-            gw_backends = backends
-            if local:
-                gw_backends = ",".join(translate.vip(ip, num) for ip, num, node in eps
-                                       if node == gw.node)
+            node = gw.node if local else None
             for ip in external:
-                out.vips[(lb, translate.vip(ip, port))] = gw_backends
+                out.vips[(lb, translate.vip(ip, port))] = _backends(eps, ip, node)
             if node_ports and p.get("nodePort"):
                 out.vips[(lb, translate.vip(gw.ip, _port(p["nodePort"], "nodePort")))] = (
-                    gw_backends)
+                    _backends(eps, gw.ip, node))
     return out
 
 
 class ServiceHandler:
-    def __init__(self, nb: NbDb, services: Any, slices: Any) -> None:
+    """Services → VIPs. `slices` is the reflector of the endpoint source: EndpointSlices,
+    or with ``endpoints=True`` core/v1 Endpoints (named after their service)."""
+
+    def __init__(self, nb: NbDb, services: Any, slices: Any, *, endpoints: bool = False
+                 ) -> None:
         self.nb = nb
         self.services = services
         self.slices = slices
+        self.endpoints = endpoints
         self._by_service: dict[str, set[str]] = {}  # service key -> slice keys
         self._slice_owner: dict[str, str] = {}
         self._owned: dict[str, Desired] = {}
@@ -170,6 +218,8 @@ class ServiceHandler:
 
     def slice_event(self, key: str, obj: dict[str, Any] | None) -> str | None:
         """Track which service a slice belongs to; returns the service key to handle."""
+        if self.endpoints:
+            return key  # an Endpoints object has its service's namespace and name
         with self._lock:
             old = self._slice_owner.pop(key, None)
             if old is not None:
@@ -185,6 +235,9 @@ class ServiceHandler:
             return owner
 
     def _slices_of(self, key: str) -> list[dict[str, Any]]:
+        if self.endpoints:
+            ep = self.slices.get(key)
+            return slices_from_endpoints(ep) if ep is not None else []
         with self._lock:
             keys = list(self._by_service.get(key, ()))
         return [s for s in (self.slices.get(k) for k in keys) if s is not None]
@@ -213,10 +266,13 @@ class ServiceHandler:
         if svc is None:
             return Desired()
         try:
-            return desired_for(svc, self._slices_of(key), gateways)
+            desired = desired_for(svc, self._slices_of(key), gateways)
         except (ServiceError, KeyError, TypeError) as e:
             self._report_once(key, f"skipped: {e}")
             return Desired()
+        for problem in desired.problems:
+            self._report_once(key, f"endpoint left out: {problem}")
+        return desired
 
     # ---- start-up ----------------------------------------------------------------------
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from watcher_env import (
     make_node,
-    make_pod,
-    pod_network,
     restart_writes_nothing,
     wait_for,
     watcher_env,
+    wire_pod,
 )
 
 from ovn_k8s import topology, translate
@@ -53,19 +52,6 @@ def cluster(env):
     for name, _ in BACKENDS:
         pods[name].serve_tcp(8080)
     return pods, host
-
-
-def wire_pod(env, name: str, node: str):
-    """What kubelet and the CNI plugin do, with the watcher's annotation."""
-    lab, _, v1, _, _ = env
-    make_pod(v1, name, node)
-    wait_for(lambda: pod_network(v1, name) is not None, what=f"{name}'s annotation")
-    net = pod_network(v1, name)
-    uid = v1.read_namespaced_pod(name, "default").metadata.uid
-    pod = lab.add_pod(node, name, str(net.ip), net.mac, gateway=str(net.gateway),
-                      iface_id=translate.lsp_name("default", name), iface_id_ver=uid)
-    lab.wait_port_up(translate.lsp_name("default", name))
-    return pod
 
 
 def endpoint_slice(names: list[str], pods) -> dict:

@@ -872,11 +872,14 @@ def builtin_types() -> list[ResourceType]:
     ]
 
 
-def install(store: Store, *, service_cidr: str, node_ports: tuple[int, int]) -> None:
-    """Register the built-in types and create what a fresh cluster has."""
+def install(store: Store, *, service_cidr: str, node_ports: tuple[int, int],
+            endpoint_slices: bool = True) -> None:
+    """Register the built-in types and create what a fresh cluster has; without
+    `endpoint_slices`, a cluster older than 1.21 (no discovery.k8s.io/v1)."""
     store.state["services"] = ServiceAllocator(service_cidr, node_ports)
     for rt in builtin_types():
-        store.add_type(rt)
+        if endpoint_slices or rt.key != "endpointslices.discovery.k8s.io":
+            store.add_type(rt)
     for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
         store.create(store.types["namespaces"], "", {"metadata": {"name": ns}})
     net = store.state["services"].net
