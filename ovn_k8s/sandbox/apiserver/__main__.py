@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "(default: a random token)")
     p.add_argument("--watch-window", type=int, default=10000,
                    help="events kept for watches from an old resourceVersion")
-    p.add_argument("--service-cidr", default="10.96.0.0/16")
+    p.add_argument("--service-cidr", default="10.96.0.0/16",
+                   help="one CIDR, or two of different families for dual-stack")
     p.add_argument("--service-node-port-range", type=_port_range, default=(30000, 32767))
     p.add_argument("--bookmark-interval", type=float, default=60.0)
     p.add_argument("--kubelet-delay", type=float, default=0.0,
