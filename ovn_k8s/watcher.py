@@ -165,6 +165,7 @@ class Watcher:
                         "they are", len(stale_pods), len(stale_nodes), len(drift),
                         len(stale_vips))
             early = {"nodes": set(), "pods": set(), "services": set()}
+            self.services.forget_startup()
         else:
             if stale_vips:
                 self.nb.execute(*stale_vips)

@@ -209,10 +209,12 @@ class ServiceHandler:
         self._by_service: dict[str, set[str]] = {}  # service key -> slice keys
         self._slice_owner: dict[str, str] = {}
         self._owned: dict[str, Desired] = {}
+        # key -> (service, gateways, source objects, Desired) computed at start-up
+        self._memo: dict[str, tuple[Any, list[Gateway], list[Any], Desired]] = {}
         self._lock = threading.Lock()
         self._reported: set[tuple[str, str]] = set()
         self.counters = {"transactions": 0, "transaction_ms": 0, "batches": 0,
-                         "batched_keys": 0, "vips_set": 0, "vips_removed": 0}
+                         "batched_keys": 0, "vips_set": 0, "vips_removed": 0, "desired": 0}
 
     # ---- the slice index ---------------------------------------------------------------
 
@@ -234,12 +236,13 @@ class ServiceHandler:
             self._by_service.setdefault(owner, set()).add(key)
             return owner
 
-    def _slices_of(self, key: str) -> list[dict[str, Any]]:
+    def _sources(self, key: str) -> list[dict[str, Any]]:
+        """The objects a service's endpoints come from: its slices, or its Endpoints."""
         if self.endpoints:
-            ep = self.slices.get(key)
-            return slices_from_endpoints(ep) if ep is not None else []
-        with self._lock:
-            keys = list(self._by_service.get(key, ()))
+            keys = [key]
+        else:
+            with self._lock:
+                keys = sorted(self._by_service.get(key, ()))
         return [s for s in (self.slices.get(k) for k in keys) if s is not None]
 
     # ---- NB ----------------------------------------------------------------------------
@@ -261,17 +264,32 @@ class ServiceHandler:
             self._reported.add((key, message))
             LOG.error("service %s: %s", key, message)
 
-    def _desired(self, key: str, gateways: list[Gateway]) -> Desired:
+    def _desired(self, key: str, gateways: list[Gateway], remember: bool = False) -> Desired:
+        """What `key` wants now. With `remember` (start-up), the result is kept for the
+        key's first handling, which then need not compute it again."""
         svc = self.services.get(key)
+        memo = self._memo.pop(key, None)
         if svc is None:
             return Desired()
+        sources = self._sources(key)
+        # What start-up computed still holds if the inputs are the very same objects (a
+        # change replaces an object in the reflector's cache, never edits it).
+        if (memo is not None and memo[0] is svc and memo[1] == gateways
+                and len(memo[2]) == len(sources)
+                and all(a is b for a, b in zip(memo[2], sources, strict=True))):
+            return memo[3]
+        self.counters["desired"] += 1
         try:
-            desired = desired_for(svc, self._slices_of(key), gateways)
+            slices = ([s for ep in sources for s in slices_from_endpoints(ep)]
+                      if self.endpoints else sources)
+            desired = desired_for(svc, slices, gateways)
         except (ServiceError, KeyError, TypeError) as e:
             self._report_once(key, f"skipped: {e}")
-            return Desired()
+            desired = Desired()
         for problem in desired.problems:
             self._report_once(key, f"endpoint left out: {problem}")
+        if remember:
+            self._memo[key] = (svc, gateways, sources, desired)
         return desired
 
     # ---- start-up ----------------------------------------------------------------------
@@ -281,9 +299,9 @@ class ServiceHandler:
         gateways = self.gateways()
         wanted: dict[str, set[str]] = {}
         wanted_lbs: set[str] = set()
+        self._memo = {}
         for key, _ in self.services.items():
-            d = self._desired(key, gateways)
-            self._owned[key] = d
+            d = self._desired(key, gateways, remember=True)
             for lb, v in d.vips:
                 wanted.setdefault(lb, set()).add(v)
             wanted_lbs.update(d.own_lbs)
@@ -297,10 +315,14 @@ class ServiceHandler:
                 stale = [v for v in lb.vips if v not in wanted.get(lb.name, ())]
                 if stale:
                     cmds.append(translate.SetVips(self.nb.api, lb.name, {}, stale))
-        # Forget what startup computed: the first pass over every key then writes
-        # exactly the differences from NB.
+        # Nothing is owned yet: the first pass over every key then writes exactly the
+        # differences from NB (with the desired state computed here).
         self._owned = {}
         return cmds
+
+    def forget_startup(self) -> None:
+        """Drop what start-up computed (when its keys will not be handled next)."""
+        self._memo = {}
 
     # ---- events ------------------------------------------------------------------------
 

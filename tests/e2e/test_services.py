@@ -282,4 +282,7 @@ def test_restart_writes_nothing_and_removes_stale_vips(env, cluster, service):
     assert backends_in_nb(nb, "tcp", f"{service}:80") == 3
 
     assert restart_writes_nothing(watcher, nb), "a restart with nothing changed wrote to NB"
-    assert watcher.status()["services"]["transactions"] == 0
+    status = watcher.status()
+    assert status["services"]["transactions"] == 0
+    # Start-up works out each service's VIPs once, for the resync and the first handling.
+    assert status["services"]["desired"] == status["startup"]["services"]
