@@ -329,29 +329,26 @@ class ServiceHandler:
     def handle_batch(self, keys: list[str]) -> list[str]:
         gateways = self.gateways()
         lbs = {lb.name: lb for lb in self.nb.rows("Load_Balancer")}
-        # Reading row.vips converts the whole map; a shared LB holds every service's.
-        vips: dict[str, dict[str, str]] = {}
-
-        def current(lb: str) -> dict[str, str] | None:
-            if lb not in vips and lb in lbs:
-                vips[lb] = dict(lbs[lb].vips)
-            return vips.get(lb)
-
+        planned = {key: self._desired(key, gateways) for key in keys}
+        olds = {key: self._owned.get(key, Desired()) for key in keys}
+        # What NB holds for just the VIPs this batch touches (a shared LB holds every
+        # service's; converting the whole map per batch was most of a change's cost).
+        touched: dict[str, set[str]] = {}
+        for key in keys:
+            for lb, v in (*planned[key].vips, *olds[key].vips):
+                touched.setdefault(lb, set()).add(v)
+        have = {lb: self.nb.map_get(lbs[lb], "vips", vs) for lb, vs in touched.items()
+                if lb in lbs}
         sets: dict[str, dict[str, str]] = {}
         removes: dict[str, list[str]] = {}
         cmds: list[Any] = []
-        planned: dict[str, Desired] = {}
         for key in keys:
-            new = self._desired(key, gateways)
-            old = self._owned.get(key, Desired())
-            planned[key] = new
+            new, old = planned[key], olds[key]
             for (lb, v), backends in new.vips.items():
-                have = current(lb)
-                if have is not None and have.get(v) != backends:
+                if lb in have and have[lb].get(v) != backends:
                     sets.setdefault(lb, {})[v] = backends
             for lb, v in set(old.vips) - set(new.vips):
-                have = current(lb)
-                if have is not None and v in have:
+                if v in have.get(lb, ()):
                     removes.setdefault(lb, []).append(v)
             cmds += self._own_lb_commands(key, old, new, lbs)
         for lb in sorted(set(sets) | set(removes)):
