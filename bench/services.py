@@ -138,6 +138,7 @@ def main() -> int:
 
         status = _status(b)
         txn0 = status["services"]["transactions"]
+        cpu0 = _cpu(b)
         db = b.lab.dir / "central" / "nb.db"
         size0 = db.stat().st_size
         start = time.monotonic()
@@ -154,6 +155,8 @@ def main() -> int:
         while view.pending and time.monotonic() < deadline:
             time.sleep(0.01)
         lost = len(view.pending)
+        cpu = {name: (t - cpu0[name]) * 1000 / max(1, args.changes)
+               for name, t in _cpu(b).items()}
         status = _status(b)
         txns = status["services"]["transactions"] - txn0
         grown = db.stat().st_size - size0
@@ -170,10 +173,24 @@ def main() -> int:
     changes = max(1, args.changes)
     print(f"NB writes: {txns / changes:.2f} transactions and "
           f"{grown / changes:,.0f} bytes of NB log per change; watcher RSS {rss:.0f} MB")
+    print("CPU per change (ms): " + ", ".join(f"{n} {v:.2f}" for n, v in cpu.items()))
     print("restart with NB already right: {wall:.2f} s to idle, watcher CPU {cpu:.2f} s "
           "(imports included), {desired} desired-state computations for {services} "
           "services, {transactions} NB transactions".format(**restart))
     return 0
+
+
+def _cpu(b: Bench) -> dict[str, float]:
+    """CPU seconds so far of the watcher and the OVN daemons sharing the machine."""
+    from watcher import proc_cpu  # noqa: PLC0415
+
+    pids = {"watcher": b.watcher_pid}
+    for name, daemon in (("NB ovsdb-server", b.lab.central.get("nb")),
+                         ("ovn-northd", b.lab.central.get("northd")),
+                         ("ovn-controller", b.lab.nodes[0].daemons.get("ovn-controller"))):
+        if daemon is not None:
+            pids[name] = daemon.read_pid()
+    return {name: proc_cpu(pid) for name, pid in pids.items() if pid}
 
 
 def _restart(b: Bench) -> dict:

@@ -340,7 +340,9 @@ class Database:
         for _ in range(1000):
             try:
                 return list(rows.values())
-            except RuntimeError:  # "dictionary changed size during iteration"
+            # "dictionary changed size during iteration", or an indexed table's entry
+            # removed between its key and its value.
+            except (RuntimeError, IndexError, KeyError):
                 time.sleep(0)
         raise OvsdbError(f"{self.schema}: {table} kept changing while being read")
 

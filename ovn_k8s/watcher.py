@@ -110,6 +110,7 @@ class Watcher:
             if self._early is not None:
                 self._early["services"].add(key)
                 return
+        self.services.note_event(key)
         self.service_queue.add(key)
 
     def _watch_gateways(self, interval: float = 2.0) -> None:

@@ -29,6 +29,7 @@ or a deleted service removes exactly its VIPs.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -215,6 +216,14 @@ class ServiceHandler:
         self._reported: set[tuple[str, str]] = set()
         self.counters = {"transactions": 0, "transaction_ms": 0, "batches": 0,
                          "batched_keys": 0, "vips_set": 0, "vips_removed": 0, "desired": 0}
+        # Event → NB committed, per key, for `status`: says whether a slow change was
+        # slow in here or before the event reached us.
+        self._since: dict[str, float] = {}
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=1000)
+
+    def note_event(self, key: str) -> None:
+        """A change of `key` arrived (the first one counts until it is handled)."""
+        self._since.setdefault(key, time.monotonic())
 
     # ---- the slice index ---------------------------------------------------------------
 
@@ -327,6 +336,7 @@ class ServiceHandler:
     # ---- events ------------------------------------------------------------------------
 
     def handle_batch(self, keys: list[str]) -> list[str]:
+        since = [t for t in (self._since.pop(k, None) for k in keys) if t is not None]
         gateways = self.gateways()
         lbs = {lb.name: lb for lb in self.nb.rows("Load_Balancer")}
         planned = {key: self._desired(key, gateways) for key in keys}
@@ -363,6 +373,8 @@ class ServiceHandler:
             self.nb.execute(*cmds)
             self.counters["transaction_ms"] += round((time.monotonic() - t0) * 1000)
             self.counters["transactions"] += 1
+        done = time.monotonic()
+        self._latency_ms.extend((done - t) * 1000 for t in since)
         # Remember what NB now holds for each key: what was planned from the cache as it
         # was then. (A delete landing meanwhile re-queues the key; forgetting here would
         # leave the VIPs just written behind.)
@@ -396,4 +408,8 @@ class ServiceHandler:
         return cmds
 
     def status(self) -> dict[str, Any]:
-        return {"services": len(self._owned), **self.counters}
+        lat = sorted(self._latency_ms)
+        pct = {f"p{p}": round(lat[min(len(lat) - 1, p * len(lat) // 100)], 1)
+               for p in (50, 99)} if lat else {}
+        return {"services": len(self._owned), **self.counters,
+                "event_to_nb_ms": dict(pct, count=len(lat))}
