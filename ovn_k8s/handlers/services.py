@@ -292,8 +292,11 @@ class ServiceHandler:
             slices = ([s for ep in sources for s in slices_from_endpoints(ep)]
                       if self.endpoints else sources)
             desired = desired_for(svc, slices, gateways)
-        except (ServiceError, KeyError, TypeError) as e:
-            self._report_once(key, f"skipped: {e}")
+        except (ServiceError, KeyError, TypeError, AttributeError) as e:
+            # A shape the API server would not have stored (e.g. a subset that is not an
+            # object): this key is skipped, the batch goes on.
+            self._report_once(key, f"skipped: {e!r}" if not isinstance(e, ServiceError)
+                              else f"skipped: {e}")
             desired = Desired()
         for problem in desired.problems:
             self._report_once(key, f"endpoint left out: {problem}")

@@ -10,6 +10,7 @@ from kubernetes.client.exceptions import ApiException
 from ovn_k8s import topology, translate
 from ovn_k8s.handlers.services import (
     Gateway,
+    ServiceHandler,
     desired_for,
     endpoints_for,
     slices_from_endpoints,
@@ -126,3 +127,20 @@ def test_discovery_tells_whether_endpoint_slices_are_served(slices):
             with pytest.raises(ApiException) as e:
                 client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces()
             assert e.value.status == 404
+
+
+def test_malformed_endpoints_skip_their_service_only(caplog):
+    """The handler reads its caches by key; plain dicts stand in for the reflectors."""
+    services = {"default/bad": service("bad", clusterIP="10.96.0.1"),
+                "default/good": service("good", clusterIP="10.96.0.2")}
+    endpoints = {
+        "default/bad": {"subsets": ["not an object"]},
+        "default/good": {"subsets": [{"addresses": [{"ip": "10.0.0.5"}],
+                                      "ports": [{"name": "http", "port": 8080}]}]},
+    }
+    handler = ServiceHandler(None, services, endpoints, endpoints=True)
+    assert handler._desired("default/bad", []).vips == {}
+    assert handler._desired("default/good", []).vips == {(TCP, "10.96.0.2:80"): "10.0.0.5:8080"}
+    handler._desired("default/bad", [])
+    reports = [r.getMessage() for r in caplog.records if "default/bad" in r.getMessage()]
+    assert len(reports) == 1 and "skipped: AttributeError" in reports[0]
