@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import tenacity
 from ovs import jsonrpc, poller, stream, timeval
+from ovs.db import data as ovs_data
 from ovs.db import idl as ovs_idl
 from ovsdbapp import api as ovsdbapp_api
 from ovsdbapp.backend.ovs_idl import command as ovsdbapp_command
@@ -379,6 +380,28 @@ class Database:
         """
         with self.replica() as api:
             return list(api.tables[table].rows.values())
+
+    @staticmethod
+    def map_get(row: Any, column: str, keys: Iterable[str]) -> dict[str, Any]:
+        """The entries of some keys of a string-keyed map column, as the IDL last
+        received them (absent keys are left out): O(len(keys)).
+
+        Reading ``row.<column>`` instead converts the whole map three times in the
+        pure-Python IDL (to Python, back to a checked Datum, to Python again): ~45 ms
+        for a load balancer with 2000 VIPs, which made that read most of the cost of
+        an endpoint change.
+        """
+        try:
+            values = row._data[column].values  # committed state, not a pending txn's
+        except (AttributeError, KeyError, TypeError):  # a row being inserted
+            current = getattr(row, column, None) or {}
+            return {k: current[k] for k in keys if k in current}
+        out = {}
+        for k in keys:
+            atom = values.get(ovs_data.Atom.new(k))
+            if atom is not None:
+                out[k] = atom.value
+        return out
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -1,6 +1,7 @@
 """The watcher: reflectors → keyed queues → handlers → NB, with the start-up resync.
 
-Start-up follows DESIGN.md: LIST nodes, pods, services and EndpointSlices, reserve
+Start-up follows DESIGN.md: LIST nodes, pods, services and EndpointSlices (core/v1
+Endpoints when discovery says the cluster serves no EndpointSlices), reserve
 every subnet and address already handed out (annotations, then NB), find what NB
 holds for objects that no longer exist (ports, switches, VIPs), handle the nodes, and
 only then start the queues. Every listed object is then handled
@@ -22,8 +23,8 @@ from ovn_k8s import ipam, topology, translate
 from ovn_k8s.handlers.nodes import NodeHandler
 from ovn_k8s.handlers.pods import PodHandler, is_wired
 from ovn_k8s.handlers.services import ServiceHandler
-from ovn_k8s.kube.client import merge_patch
-from ovn_k8s.kube.reflector import reflector_for
+from ovn_k8s.kube.client import merge_patch, serves
+from ovn_k8s.kube.reflector import Reflector, reflector_for
 from ovn_k8s.kube.workqueue import WorkQueue
 from ovn_k8s.ovsdb import NbDb
 
@@ -54,9 +55,10 @@ class Watcher:
         self.node_reflector = reflector_for(api, "nodes", handler=self._on_node)
         self.pod_reflector = reflector_for(api, "pods", handler=self._on_pod)
         self.service_reflector = reflector_for(api, "services", handler=self._on_service)
-        self.slice_reflector = reflector_for(api, "endpointslices", handler=self._on_slice)
-        self.reflectors = (self.node_reflector, self.pod_reflector, self.service_reflector,
-                           self.slice_reflector)
+        # EndpointSlices or Endpoints: discovery decides at start().
+        self.slice_reflector: Reflector | None = None
+        self.reflectors: tuple[Reflector, ...] = (
+            self.node_reflector, self.pod_reflector, self.service_reflector)
         self.node_queue = WorkQueue("nodes")
         self.pod_queue = WorkQueue("pods")
         self.service_queue = WorkQueue("services")
@@ -70,7 +72,7 @@ class Watcher:
             lambda ns, name, body: merge_patch(
                 api, f"/api/v1/namespaces/{ns}/pods/{name}", body),
             self.nodes.subnet, retry=self.pod_queue.retry)
-        self.services = ServiceHandler(nb, self.service_reflector, self.slice_reflector)
+        self.services = ServiceHandler(nb, self.service_reflector, None)
         self._lock = threading.Lock()
         self._early: dict[str, set[str]] | None = {"nodes": set(), "pods": set(),
                                                    "services": set()}
@@ -109,6 +111,7 @@ class Watcher:
             if self._early is not None:
                 self._early["services"].add(key)
                 return
+        self.services.note_event(key)
         self.service_queue.add(key)
 
     def _watch_gateways(self, interval: float = 2.0) -> None:
@@ -138,6 +141,8 @@ class Watcher:
     def start(self, timeout: float = 60.0) -> None:
         t0 = time.monotonic()
         self.nb.execute(*topology.cluster_commands(self.nb, self.cluster))
+        if self.slice_reflector is None:
+            self._choose_endpoint_source(t0 + timeout)
         for r in self.reflectors:
             r.start()
         for r in self.reflectors:
@@ -162,6 +167,7 @@ class Watcher:
                         "they are", len(stale_pods), len(stale_nodes), len(drift),
                         len(stale_vips))
             early = {"nodes": set(), "pods": set(), "services": set()}
+            self.services.forget_startup()
         else:
             if stale_vips:
                 self.nb.execute(*stale_vips)
@@ -188,6 +194,29 @@ class Watcher:
         self.started_at = time.monotonic()
         LOG.info("watching %d nodes and %d pods (start-up %.2fs)", len(self.node_reflector),
                  len(self.pod_reflector), self.started_at - t0)
+
+    def _choose_endpoint_source(self, deadline: float) -> None:
+        """EndpointSlices when the cluster serves them (Kubernetes >= 1.21), else core/v1
+        Endpoints, as the issue asks; one discovery request, retried until `deadline`."""
+        warned = False
+        while True:
+            try:
+                slices = serves(self.api, "discovery.k8s.io/v1", "endpointslices")
+                break
+            except Exception as e:  # API down or erroring: as the reflectors would, retry
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"API discovery failed: {e}") from None
+                if not warned:
+                    LOG.warning("API discovery failed (%s); retrying", e)
+                    warned = True
+                time.sleep(0.5)
+        source = "endpointslices" if slices else "endpoints"
+        LOG.info("endpoints of services from %s", "discovery.k8s.io/v1 EndpointSlices"
+                 if slices else "core/v1 Endpoints (the cluster serves no EndpointSlices)")
+        self.slice_reflector = reflector_for(self.api, source, handler=self._on_slice)
+        self.reflectors = (*self.reflectors, self.slice_reflector)
+        self.services.slices = self.slice_reflector
+        self.services.endpoints = not slices
 
     def _pods_drifted(self, keys: set[str]) -> list[str]:
         """Pods whose port is missing, or present though they should have none."""
@@ -221,5 +250,7 @@ class Watcher:
             "queues": {q.name: q.status() for q in self.queues},
             "pods": self.pods.status(),
             "services": self.services.status(),
+            "endpoint_source": (self.slice_reflector.name if self.slice_reflector is not None
+                                else None),
             "node_subnets_allocated": len(self.allocator),
         }

@@ -1,7 +1,8 @@
 """etc/: the manifests load, and the watcher's ClusterRole is exactly what it uses.
 
 The watcher runs against the API emulator with auditing on, through nodes, pods,
-services and EndpointSlices coming and going; every request it made, as an RBAC
+services and EndpointSlices coming and going, then restarted against a cluster that
+serves no EndpointSlices (it reads Endpoints); every request it made, as an RBAC
 (group, resource, verb), must be granted by etc/kubernetes/ovn-k8s-watcher.yaml, and
 every grant there must have been used.
 """
@@ -96,6 +97,14 @@ def test_watcher_cluster_role_is_least_privilege(env):
     v1.delete_node("node1")
     wait_for(watcher.idle, what="the watcher to settle")
     assert svc.spec.cluster_ip
+    # A cluster that serves no EndpointSlices: the watcher reads Endpoints instead.
+    watcher.stop()
+    with srv.store.lock:
+        srv.store.remove_type("endpointslices.discovery.k8s.io")
+    watcher.start()
+    assert watcher.status()["endpoint_source"] == "endpoints"
+    v1.create_namespaced_endpoints("default", {"metadata": {"name": "s"}, "subsets": []})
+    wait_for(watcher.idle, what="the watcher to settle")
     used = {r for r in (rbac_request(*a[:3]) for a in srv.audit if a[3] != "ovn-k8s-test")
             if r is not None}
     role = next(d for d in manifests("ovn-k8s-watcher.yaml") if d["kind"] == "ClusterRole")

@@ -12,26 +12,28 @@ from pathlib import Path
 
 import pytest
 from watcher_env import (
+    lb_vips,
     make_node,
-    make_pod,
-    pod_network,
     restart_writes_nothing,
     wait_for,
     watcher_env,
+    wire_pod,
 )
 
-from ovn_k8s import topology, translate
+from ovn_k8s import ovsdb, topology, translate
 
 BIN = Path(sys.executable).parent
 PHYSICAL_IP = "10.33.80.138"
 EXTERNAL_HOST = "10.33.80.1"
 NODE_PORT = 30080
 BACKENDS = (("web-a", "node1"), ("web-b", "node2"), ("web-c", "node2"))
+SERVICE_CIDRS = "10.96.0.0/16,fd00:10:96::/112"
 
 
 @pytest.fixture(scope="module")
 def env():
-    yield from watcher_env(nodes=2)
+    # Dual-stack service CIDRs; services stay IPv4 single-stack unless they ask.
+    yield from watcher_env(nodes=2, api_options={"service_cidr": SERVICE_CIDRS})
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +55,6 @@ def cluster(env):
     for name, _ in BACKENDS:
         pods[name].serve_tcp(8080)
     return pods, host
-
-
-def wire_pod(env, name: str, node: str):
-    """What kubelet and the CNI plugin do, with the watcher's annotation."""
-    lab, _, v1, _, _ = env
-    make_pod(v1, name, node)
-    wait_for(lambda: pod_network(v1, name) is not None, what=f"{name}'s annotation")
-    net = pod_network(v1, name)
-    uid = v1.read_namespaced_pod(name, "default").metadata.uid
-    pod = lab.add_pod(node, name, str(net.ip), net.mac, gateway=str(net.gateway),
-                      iface_id=translate.lsp_name("default", name), iface_id_ver=uid)
-    lab.wait_port_up(translate.lsp_name("default", name))
-    return pod
 
 
 def endpoint_slice(names: list[str], pods) -> dict:
@@ -205,6 +194,55 @@ def test_scale_to_one_then_zero(env, cluster, service):
     wait_for(lambda: backends_in_nb(nb, "tcp", f"{service}:80") == 3, what="three again")
 
 
+def test_ipv6_and_dual_stack_vips_exact_and_taken_by_northd(env, cluster, service):
+    """The lab's pods are IPv4 only: NB and the logical flows northd makes, no packets."""
+    lab, _, v1, _, nb = env
+    dv1 = discovery(env)
+    ports = [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+    dual = v1.create_namespaced_service("default", {"metadata": {"name": "dual"}, "spec": {
+        "ipFamilyPolicy": "RequireDualStack", "ports": ports}}).spec.cluster_ips
+    only6 = v1.create_namespaced_service("default", {"metadata": {"name": "only6"}, "spec": {
+        "ipFamilies": ["IPv6"], "ports": ports}}).spec.cluster_ips
+    assert len(dual) == 2 and len(only6) == 1 and ":" in only6[0]
+    for name, family, addresses in (("dual", "IPv4", ["10.144.9.5"]),
+                                    ("dual", "IPv6", ["fd00:10:144::6", "fd00:10:144::5"]),
+                                    ("only6", "IPv6", ["fd00:10:144::7"])):
+        dv1.create_namespaced_endpoint_slice("default", {
+            "metadata": {"name": f"{name}-{family.lower()}",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": family,
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}}
+                          for a in addresses],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+    want = {f"{dual[0]}:80": "10.144.9.5:8080",
+            f"[{dual[1]}]:80": "[fd00:10:144::5]:8080,[fd00:10:144::6]:8080",
+            f"[{only6[0]}]:80": "[fd00:10:144::7]:8080"}
+    lb = topology.cluster_lb_name("tcp")
+    wait_for(lambda: {k: v for k, v in lb_vips(nb, lb).items() if k in want} == want,
+             what="one VIP per family, each with its own family's backends")
+    mine = {dual[0], dual[1], only6[0]}
+    assert not [k for k in lb_vips(nb, lb) if any(ip in k for ip in mine) and k not in want]
+
+    # northd parsed them: the switches' load-balancing flows name each IPv6 VIP with
+    # its backends (a VIP it refused would have no flow).
+    sb = ovsdb.SbDb(lab.sb_remote, tables=["Logical_Flow"], timeout=10)
+    try:
+        def lb_flows() -> list[str]:
+            return [f"{f.match} {f.actions}" for f in sb.rows("Logical_Flow")
+                    if "ct_lb" in f.actions]
+
+        for vip6, backends in ((dual[1], "[fd00:10:144::5]:8080,[fd00:10:144::6]:8080"),
+                               (only6[0], "[fd00:10:144::7]:8080")):
+            wait_for(lambda vip6=vip6, backends=backends: any(
+                f"ip6.dst == {vip6}" in f and backends in f for f in lb_flows()),
+                what=f"northd's flow for [{vip6}]:80")
+    finally:
+        sb.close()
+    for name in ("dual", "only6"):
+        v1.delete_namespaced_service(name, "default")
+    wait_for(lambda: not set(want) & set(lb_vips(nb, lb)), what="the VIPs gone")
+
+
 def test_malformed_service_is_skipped(env, cluster, service):
     _, _, v1, watcher, nb = env
     v1.create_namespaced_service("default", {
@@ -244,4 +282,7 @@ def test_restart_writes_nothing_and_removes_stale_vips(env, cluster, service):
     assert backends_in_nb(nb, "tcp", f"{service}:80") == 3
 
     assert restart_writes_nothing(watcher, nb), "a restart with nothing changed wrote to NB"
-    assert watcher.status()["services"]["transactions"] == 0
+    status = watcher.status()
+    assert status["services"]["transactions"] == 0
+    # Start-up works out each service's VIPs once, for the resync and the first handling.
+    assert status["services"]["desired"] == status["startup"]["services"]

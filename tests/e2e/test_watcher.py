@@ -168,24 +168,3 @@ def test_node_keeps_a_subnet_given_to_minion_init_and_conflicts_are_resolved(env
         annotations.NODE_SUBNETS: annotations.format_node_subnet(given)}}})
     wait_for(lambda: node_subnet(v1, "node6") != given, what="node6 to get its own subnet")
     assert node_subnet(v1, "node6").prefixlen == 24
-
-
-def test_vlog_set_decides_what_reaches_the_log(env):
-    """Debug records are dropped before they are built at -vfile:info, and
-    `vlog/set` turns them on and off again at run time."""
-    _, _, v1, watcher, _ = env
-    make_node(v1, "vlog-node")
-
-    def patches_logged(name: str) -> bool:
-        make_pod(v1, name, "vlog-node")
-        wait_for(lambda: pod_network(v1, name) is not None, 30, f"{name} annotated")
-        time.sleep(0.2)  # the annotation's own log line comes after the write lands
-        return f"/pods/{name} " in watcher.log()
-
-    assert not patches_logged("quiet-1")
-    watcher.appctl("vlog/set", "file:dbg")
-    wait_for(lambda: patches_logged(f"loud-{time.monotonic_ns()}"), 10,
-             "a debug line for an annotation write")
-    watcher.appctl("vlog/set", "file:info")
-    assert not patches_logged("quiet-2")
-

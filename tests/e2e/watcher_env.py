@@ -88,14 +88,15 @@ class WatcherProcess:
 
 
 def watcher_env(
-    nodes: int = 1,
+    nodes: int = 1, api_options: dict | None = None,
 ) -> Iterator[tuple[Lab, ApiServer, client.CoreV1Api, WatcherProcess, ovsdb.NbDb]]:
-    """A lab (OVN central, ``nodes`` nodes), the API emulator and a running watcher."""
+    """A lab (OVN central, ``nodes`` nodes), the API emulator (``ApiServer(**api_options)``)
+    and a running watcher."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     base = Path(tempfile.mkdtemp(prefix="ovn-k8s-e2e-watcher-"))
     lab = Lab(base / "lab", nodes=nodes)
-    srv = ApiServer()
+    srv = ApiServer(**(api_options or {}))
     watcher = None
     nb = None
     try:
@@ -139,6 +140,26 @@ def make_pod(v1: client.CoreV1Api, name: str, node: str | None, *, namespace: st
     if annotations_:
         meta["annotations"] = annotations_
     v1.create_namespaced_pod(namespace, {"metadata": meta, "spec": spec})
+
+
+def wire_pod(env, name: str, node: str):
+    """What kubelet and the CNI plugin do, with the watcher's annotation."""
+    lab, _, v1, _, _ = env
+    make_pod(v1, name, node)
+    wait_for(lambda: pod_network(v1, name) is not None, what=f"{name}'s annotation")
+    net = pod_network(v1, name)
+    uid = v1.read_namespaced_pod(name, "default").metadata.uid
+    pod = lab.add_pod(node, name, str(net.ip), net.mac, gateway=str(net.gateway),
+                      iface_id=translate.lsp_name("default", name), iface_id_ver=uid)
+    lab.wait_port_up(translate.lsp_name("default", name))
+    return pod
+
+
+def lb_vips(nb: ovsdb.NbDb, lb: str) -> dict[str, str]:
+    """The VIPs of a load balancer as NB holds them now ({} when it does not exist)."""
+    nb.execute(nb.api.ls_list())  # a round trip: our replica has caught up
+    row = next((r for r in nb.rows("Load_Balancer") if r.name == lb), None)
+    return dict(row.vips) if row is not None else {}
 
 
 def pod_network(v1: client.CoreV1Api, name: str, namespace: str = "default"):

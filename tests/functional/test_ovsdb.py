@@ -51,6 +51,23 @@ def test_switch_ports_and_lb_in_one_transaction(nb):
     assert not [p for p in nb.rows("Logical_Switch_Port") if p.name.startswith("facade-")]
 
 
+def test_map_get_reads_some_keys_as_row_attribute_would(nb):
+    vips = {f"10.96.0.{i}:80": f"10.1.0.{i}:8080" for i in range(1, 200)}
+    vips["[fd00::1]:80"] = "[fd00:1::5]:8080,[fd00:1::6]:8080"
+    nb.execute(nb.api.db_create("Load_Balancer", name="map-get-lb", protocol="tcp",
+                                vips=vips))
+    try:
+        row = next(r for r in nb.rows("Load_Balancer") if r.name == "map-get-lb")
+        keys = ["10.96.0.7:80", "[fd00::1]:80", "10.96.0.250:80", ""]
+        assert nb.map_get(row, "vips", keys) == {k: v for k, v in row.vips.items() if k in keys}
+        assert nb.map_get(row, "vips", keys) == {"10.96.0.7:80": "10.1.0.7:8080",
+                                                 "[fd00::1]:80": vips["[fd00::1]:80"]}
+        nb.execute(nb.api.db_remove("Load_Balancer", "map-get-lb", "vips", "10.96.0.7:80"))
+        assert nb.map_get(row, "vips", keys) == {"[fd00::1]:80": vips["[fd00::1]:80"]}
+    finally:
+        nb.execute(nb.api.lb_del("map-get-lb", if_exists=True))
+
+
 def test_failed_transaction_changes_nothing(nb):
     with pytest.raises(ovsdb.OvsdbTransactionError, match="no-such-switch"):
         nb.execute(nb.api.ls_add("atomic-sw"), nb.api.lsp_add("no-such-switch", "p"))

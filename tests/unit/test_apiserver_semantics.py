@@ -241,6 +241,49 @@ def test_explicit_headless_and_invalid_cluster_ips(v1):
     assert status == 422
 
 
+def test_dual_stack_cluster_ips():
+    """As with --service-cluster-ip-range=<v4>,<v6>: the first family is primary."""
+    with ApiServer(service_cidr="10.100.0.0/24,fd00:10:96::/112") as s, s.api_client() as c:
+        v1 = client.CoreV1Api(c)
+        single = v1.create_namespaced_service("default", svc("single")).spec
+        assert single.ip_families == ["IPv4"] and single.ip_family_policy == "SingleStack"
+        assert single.cluster_ips == [single.cluster_ip] and "." in single.cluster_ip
+        dual = v1.create_namespaced_service("default", svc(
+            "dual", ipFamilyPolicy="RequireDualStack")).spec
+        assert dual.ip_families == ["IPv4", "IPv6"] and dual.cluster_ip == dual.cluster_ips[0]
+        assert dual.cluster_ips[1].startswith("fd00:10:96::")
+        v6 = v1.create_namespaced_service("default", svc(
+            "v6", ipFamilyPolicy="PreferDualStack", ipFamilies=["IPv6"])).spec
+        assert v6.ip_families == ["IPv6", "IPv4"] and ":" in v6.cluster_ip
+        fixed = v1.create_namespaced_service("default", svc(
+            "fixed", clusterIPs=["fd00:10:96::a"])).spec
+        assert fixed.cluster_ip == "fd00:10:96::a" and fixed.ip_families == ["IPv6"]
+        status, st = code(v1.create_namespaced_service, "default", svc(
+            "two", ipFamilies=["IPv4", "IPv6"]))
+        assert status == 422 and "RequireDualStack or PreferDualStack" in st["message"]
+        # A replace without the allocated values keeps them, families too.
+        v1.replace_namespaced_service("dual", "default", svc(
+            "dual", ipFamilyPolicy="RequireDualStack", ports=[{"port": 81}]))
+        again = v1.read_namespaced_service("dual", "default").spec
+        assert again.cluster_ips == dual.cluster_ips and again.ip_families == dual.ip_families
+        # Deleting releases both addresses.
+        v1.delete_namespaced_service("dual", "default")
+        back = v1.create_namespaced_service("default", svc(
+            "back", ipFamilyPolicy="RequireDualStack", clusterIPs=dual.cluster_ips)).spec
+        assert back.cluster_ips == dual.cluster_ips
+    with ApiServer() as s, s.api_client() as c:
+        v1 = client.CoreV1Api(c)
+        status, st = code(v1.create_namespaced_service, "default", svc(
+            "dual", ipFamilyPolicy="RequireDualStack"))
+        assert status == 422 and "not configured for dual-stack" in st["message"]
+        prefer = v1.create_namespaced_service("default", svc(
+            "prefer", ipFamilyPolicy="PreferDualStack")).spec
+        assert prefer.ip_families == ["IPv4"] and len(prefer.cluster_ips) == 1
+        status, _ = code(v1.create_namespaced_service, "default", svc(
+            "v6", clusterIP="fd00::1"))
+        assert status == 422
+
+
 def test_node_ports(v1):
     s = v1.create_namespaced_service("default", svc("np", type="NodePort", ports=[
         {"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30080}]))

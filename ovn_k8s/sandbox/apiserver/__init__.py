@@ -14,7 +14,7 @@ Running it:
 
 `ApiServer(token=None, *, watch_window=10000, service_cidr="10.96.0.0/16",
 node_port_range=(30000, 32767), host="127.0.0.1", port=0, bookmark_interval=60.0,
-min_request_timeout=1800.0, kubelet_delay=0.0, gc_freeze=False)`:
+min_request_timeout=1800.0, kubelet_delay=0.0, gc_freeze=False, endpoint_slices=True)`:
 - `token=None` picks a random one (`srv.token`). Every request needs
   `Authorization: Bearer <token>`, else 401 (the token is never logged).
 - `watch_window`: how many events (all kinds together) stay available for watches,
@@ -24,6 +24,11 @@ min_request_timeout=1800.0, kubelet_delay=0.0, gc_freeze=False)`:
   [min, 2*min), as on the apiserver.
 - `kubelet_delay`: seconds until a gracefully deleted pod on a node is removed, as the
   kubelet confirms it; None: never (a dead node), the pod stays Terminating.
+- `service_cidr`: as kube-apiserver's `--service-cluster-ip-range`, one CIDR or two of
+  different families ("10.96.0.0/16,fd00:10:96::/112": dual-stack, the first family is
+  primary); services get `ipFamilies`/`clusterIPs` from `ipFamilyPolicy` as there.
+- `endpoint_slices=False` plays a cluster older than 1.21: discovery.k8s.io/v1 is not
+  in discovery and its paths are 404 (core/v1 Endpoints are served either way).
 - `gc_freeze`: keep the cyclic GC off stored objects (process-wide; the command line sets
   it) so writes stay fast with tens of thousands of objects.
 `srv.url`, `srv.port`, `srv.resource_version`, `srv.store` (direct access for tests),
@@ -50,14 +55,14 @@ networkpolicies; coordination.k8s.io/v1 leases; apiextensions.k8s.io/v1
 customresourcedefinitions and the custom resources they define.
 
 Semantics emulated: one cluster-wide resourceVersion; uid, creationTimestamp, generation;
-409 AlreadyExists / Conflict, 404 NotFound and 422 Invalid with Status bodies;
-optimistic concurrency; no-op writes do not bump resourceVersion; finalizers and
-deletionTimestamp; graceful pod deletion (a kubelet confirms after `kubelet_delay` seconds,
-None = never, as with a dead node); namespace and CRD cleanup as their controllers do;
-status subresource; pods/binding; ClusterIP and NodePort allocation; label and field
+409 AlreadyExists / Conflict, 404 NotFound and 422 Invalid with Status bodies; optimistic
+concurrency; no-op writes do not bump resourceVersion; finalizers and deletionTimestamp;
+graceful pod deletion (a kubelet confirms after `kubelet_delay` seconds, None = never, as
+with a dead node); namespace and CRD cleanup as their controllers do; status subresource;
+pods/binding; ClusterIP (single and dual-stack) and NodePort allocation; label and field
 selectors (also in watches: objects leaving a selector arrive as DELETED); JSON patch,
-merge patch and strategic merge patch; list with limit/continue (consistent snapshots
-from history) and resourceVersion/resourceVersionMatch; watch from a version, bookmarks,
+merge patch and strategic merge patch; list with limit/continue (consistent snapshots from
+history) and resourceVersion/resourceVersionMatch; watch from a version, bookmarks,
 sendInitialEvents, timeoutSeconds, 410 Expired; CRDs with structural-schema pruning,
 defaulting and validation, served versions, status subresource and selectableFields;
 discovery (/version, /api, /apis, group-version resource lists).

@@ -27,11 +27,14 @@ def main(argv: list[str] | None = None) -> int:
                                         "(default: a random token)")
     p.add_argument("--watch-window", type=int, default=10000,
                    help="events kept for watches from an old resourceVersion")
-    p.add_argument("--service-cidr", default="10.96.0.0/16")
+    p.add_argument("--service-cidr", default="10.96.0.0/16",
+                   help="one CIDR, or two of different families for dual-stack")
     p.add_argument("--service-node-port-range", type=_port_range, default=(30000, 32767))
     p.add_argument("--bookmark-interval", type=float, default=60.0)
     p.add_argument("--kubelet-delay", type=float, default=0.0,
                    help="seconds before a gracefully deleted pod is removed; <0: never")
+    p.add_argument("--no-endpoint-slices", action="store_true",
+                   help="serve no discovery.k8s.io/v1 EndpointSlices (a cluster before 1.21)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                     node_port_range=args.service_node_port_range,
                     bookmark_interval=args.bookmark_interval,
                     kubelet_delay=None if args.kubelet_delay < 0 else args.kubelet_delay,
-                    gc_freeze=True)
+                    gc_freeze=True, endpoint_slices=not args.no_endpoint_slices)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

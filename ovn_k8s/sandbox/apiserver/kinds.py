@@ -281,34 +281,26 @@ def bind_pod(pod: dict[str, Any], node: str, name: str) -> dict[str, Any]:
 
 # ---- services -------------------------------------------------------------------------------
 
-class ServiceAllocator:
-    """ClusterIPs from a CIDR and NodePorts from a range, like the apiserver's bitmaps."""
+class _IpPool:
+    """ClusterIPs of one family from a CIDR, like the apiserver's bitmap allocator."""
 
-    def __init__(self, cidr: str, node_ports: tuple[int, int]) -> None:
-        self.net = ipaddress.ip_network(cidr, strict=False)
+    def __init__(self, cidr: str) -> None:
+        self.net = ipaddress.ip_network(cidr.strip(), strict=False)
         self.size = self.net.num_addresses
         self.used: set[int] = set()
         self.next = 1
-        self.ports_lo, self.ports_hi = node_ports
-        self.ports: set[int] = set()
-        self.next_port = node_ports[0]
 
-    def ip_allocate(self, want: str | None) -> str:
+    def allocate(self, want: str | None, field: str) -> str:
         if want:
-            try:
-                addr = ipaddress.ip_address(want)
-            except ValueError:
-                raise _svc_invalid("spec.clusterIPs[0]", want,
-                                   "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
-                                   ) from None
+            addr = ipaddress.ip_address(want)
             if addr not in self.net or addr in (self.net.network_address,
                                                 self.net.broadcast_address):
-                raise _svc_invalid("spec.clusterIPs[0]", want,
+                raise _svc_invalid(field, want,
                                    "failed to allocate IP " + want + ": provided IP is not in "
                                    f"the valid range. The range of valid IPs is {self.net}")
             off = int(addr) - int(self.net.network_address)
             if off in self.used:
-                raise _svc_invalid("spec.clusterIPs[0]", want,
+                raise _svc_invalid(field, want,
                                    f"failed to allocate IP {want}: provided IP is already "
                                    "allocated")
             self.used.add(off)
@@ -323,6 +315,41 @@ class ServiceAllocator:
                 return str(self.net.network_address + off)
         raise errors.internal("failed to allocate a serviceIP: range is full")
 
+
+_FAMILIES = {4: "IPv4", 6: "IPv6"}
+
+
+class ServiceAllocator:
+    """ClusterIPs from one CIDR per family (``--service-cluster-ip-range``: the first is
+    the primary family, a second of the other family makes the cluster dual-stack) and
+    NodePorts from a range, like the apiserver's bitmaps."""
+
+    def __init__(self, cidr: str, node_ports: tuple[int, int]) -> None:
+        pools = [_IpPool(c) for c in cidr.split(",")]
+        if len(pools) > 2 or len({p.net.version for p in pools}) != len(pools):
+            raise ValueError(f"service CIDRs {cidr!r}: at most one per family")
+        self.pools = {_FAMILIES[p.net.version]: p for p in pools}
+        self.families = [_FAMILIES[p.net.version] for p in pools]  # primary first
+        self.net = pools[0].net
+        self.ports_lo, self.ports_hi = node_ports
+        self.ports: set[int] = set()
+        self.next_port = node_ports[0]
+
+    def ip_allocate(self, want: str | None, family: str | None = None, index: int = 0) -> str:
+        field = f"spec.clusterIPs[{index}]"
+        if want:
+            try:
+                family = _FAMILIES[ipaddress.ip_address(want).version]
+            except ValueError:
+                raise _svc_invalid(field, want,
+                                   "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+                                   ) from None
+        pool = self.pools.get(family or self.families[0])
+        if pool is None:
+            raise _svc_invalid(f"spec.ipFamilies[{index}]", family,
+                               "not configured on this cluster")
+        return pool.allocate(want, field)
+
     def ip_release(self, ip: str | None) -> None:
         if not ip or ip == "None":
             return
@@ -330,7 +357,58 @@ class ServiceAllocator:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return
-        self.used.discard(int(addr) - int(self.net.network_address))
+        pool = self.pools.get(_FAMILIES[addr.version])
+        if pool is not None:
+            pool.used.discard(int(addr) - int(pool.net.network_address))
+
+    def families_for(self, spec: dict[str, Any]) -> list[str]:
+        """The service's ipFamilies as the apiserver settles them from ipFamilyPolicy,
+        ipFamilies and any clusterIPs asked for."""
+        policy = spec.get("ipFamilyPolicy") or "SingleStack"
+        ips = [ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]
+               if ip and ip != "None"]
+        try:
+            wanted = [_FAMILIES[ipaddress.ip_address(ip).version] for ip in ips]
+        except ValueError:
+            wanted = []  # ip_allocate reports the bad address
+        families = list(spec.get("ipFamilies") or wanted or self.families[:1])
+        if wanted and families[:len(wanted)] != wanted:
+            raise _svc_invalid("spec.ipFamilies", families,
+                               "must match the families of spec.clusterIPs")
+        if policy not in ("SingleStack", "PreferDualStack", "RequireDualStack"):
+            raise _svc_invalid("spec.ipFamilyPolicy", policy, "unsupported value")
+        if len(families) > 2 or len(set(families)) != len(families):
+            raise _svc_invalid("spec.ipFamilies", families, "at most one of each family")
+        if len(families) == 2 and policy == "SingleStack":
+            raise _svc_invalid("spec.ipFamilyPolicy", policy,
+                               "must be RequireDualStack or PreferDualStack when multiple "
+                               "'ipFamilies' are specified")
+        if policy != "SingleStack" and len(families) == 1 and len(self.families) == 2:
+            families.append(next(f for f in self.families if f != families[0]))
+        if policy == "RequireDualStack" and len(families) < 2:
+            raise _svc_invalid("spec.ipFamilyPolicy", policy,
+                               "this cluster is not configured for dual-stack services")
+        for i, f in enumerate(families):
+            if f not in self.pools:
+                raise _svc_invalid(f"spec.ipFamilies[{i}]", f, "not configured on this cluster")
+        return families
+
+    def allocate_ips(self, spec: dict[str, Any]) -> None:
+        """Settle the families and allocate a ClusterIP for each (all or none)."""
+        families = self.families_for(spec)
+        wanted = [ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip]
+        got: list[str] = []
+        try:
+            for i, family in enumerate(families):
+                got.append(self.ip_allocate(wanted[i] if i < len(wanted) else None,
+                                            family, i))
+        except _AllocError:
+            for ip in got:
+                self.ip_release(ip)
+            raise
+        spec["ipFamilies"] = families
+        spec["clusterIPs"] = got
+        spec["clusterIP"] = got[0]
 
     def port_allocate(self, want: int | None, taken: set[int], field: str) -> int:
         if want:
@@ -387,7 +465,6 @@ class ServiceStrategy(Strategy):
         spec.setdefault("sessionAffinity", "None")
         if spec["type"] != "ExternalName":
             spec.setdefault("internalTrafficPolicy", "Cluster")
-            spec.setdefault("ipFamilies", ["IPv4"])
             spec.setdefault("ipFamilyPolicy", "SingleStack")
         if spec["type"] in ("NodePort", "LoadBalancer"):
             spec.setdefault("externalTrafficPolicy", "Cluster")
@@ -416,6 +493,8 @@ class ServiceStrategy(Strategy):
             for f in ("clusterIP", "clusterIPs"):
                 if f in ospec:
                     spec[f] = ospec[f]
+        if _wants_ip(spec) and _wants_ip(ospec) and not spec.get("ipFamilies"):
+            spec["ipFamilies"] = ospec.get("ipFamilies")
         self._defaults(spec)
         if _wants_node_ports(spec) and _wants_node_ports(ospec):
             oldports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
@@ -497,26 +576,25 @@ class ServiceStrategy(Strategy):
         spec = obj["spec"]
         ip = None
         if _wants_ip(spec):
-            ip = al.ip_allocate(spec.get("clusterIP") or None)
-            spec["clusterIP"] = ip
-            spec["clusterIPs"] = [ip]
+            al.allocate_ips(spec)
         elif spec.get("clusterIP") == "None":
             spec["clusterIPs"] = ["None"]
+            spec["ipFamilies"] = al.families_for(spec)
         try:
             self._ports(al, spec, set())
         except _AllocError:
-            al.ip_release(ip)
+            for ip in spec.get("clusterIPs") or ():
+                al.ip_release(ip)
             raise
 
     def _commit_update(self, store: Store, new: dict[str, Any], old: dict[str, Any]) -> None:
         al = self._alloc(store)
         spec, ospec = new["spec"], old.get("spec") or {}
         had = {p.get("nodePort") for p in ospec.get("ports") or [] if p.get("nodePort")}
-        ip = None
+        allocated: list[str] = []
         if _wants_ip(spec) and not _wants_ip(ospec):
-            ip = al.ip_allocate(spec.get("clusterIP") or None)
-            spec["clusterIP"] = ip
-            spec["clusterIPs"] = [ip]
+            al.allocate_ips(spec)
+            allocated = spec["clusterIPs"]
         try:
             for p in spec.get("ports") or []:
                 if p.get("nodePort") in had:
@@ -524,7 +602,8 @@ class ServiceStrategy(Strategy):
                     al.ports.discard(p["nodePort"])
             self._ports(al, spec, set())
         except _AllocError:
-            al.ip_release(ip)
+            for ip in allocated:
+                al.ip_release(ip)
             for p in had:
                 al.ports.add(p)
             raise
@@ -532,7 +611,8 @@ class ServiceStrategy(Strategy):
         for p in had - now:
             al.ports.discard(p)
         if _wants_ip(ospec) and not _wants_ip(spec):
-            al.ip_release(ospec.get("clusterIP"))
+            for ip in ospec.get("clusterIPs") or [ospec.get("clusterIP")]:
+                al.ip_release(ip)
             spec.pop("clusterIPs", None)
 
     @staticmethod
@@ -557,7 +637,8 @@ class ServiceStrategy(Strategy):
     def release(self, store: Store, rt: ResourceType, obj: dict[str, Any]) -> None:
         al = self._alloc(store)
         spec = obj.get("spec") or {}
-        al.ip_release(spec.get("clusterIP"))
+        for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]:
+            al.ip_release(ip)
         for p in spec.get("ports") or []:
             if p.get("nodePort"):
                 al.ports.discard(p["nodePort"])
@@ -872,11 +953,14 @@ def builtin_types() -> list[ResourceType]:
     ]
 
 
-def install(store: Store, *, service_cidr: str, node_ports: tuple[int, int]) -> None:
-    """Register the built-in types and create what a fresh cluster has."""
+def install(store: Store, *, service_cidr: str, node_ports: tuple[int, int],
+            endpoint_slices: bool = True) -> None:
+    """Register the built-in types and create what a fresh cluster has; without
+    `endpoint_slices`, a cluster older than 1.21 (no discovery.k8s.io/v1)."""
     store.state["services"] = ServiceAllocator(service_cidr, node_ports)
     for rt in builtin_types():
-        store.add_type(rt)
+        if endpoint_slices or rt.key != "endpointslices.discovery.k8s.io":
+            store.add_type(rt)
     for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
         store.create(store.types["namespaces"], "", {"metadata": {"name": ns}})
     net = store.state["services"].net

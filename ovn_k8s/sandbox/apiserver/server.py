@@ -348,6 +348,7 @@ class ApiServer:
         min_request_timeout: float = 1800.0,
         kubelet_delay: float | None = 0.0,
         gc_freeze: bool = False,
+        endpoint_slices: bool = True,
     ) -> None:
         self.token = token or secrets.token_urlsafe(32)
         self._token = self.token.encode()
@@ -358,7 +359,8 @@ class ApiServer:
         self.port = port
         self.bookmark_interval = bookmark_interval
         self.store = Store(watch_window=watch_window, kubelet_delay=kubelet_delay)
-        kinds.install(self.store, service_cidr=service_cidr, node_ports=node_port_range)
+        kinds.install(self.store, service_cidr=service_cidr, node_ports=node_port_range,
+                      endpoint_slices=endpoint_slices)
         if gc_freeze:
             # Process-wide, so only for a process of its own (the command line does it).
             self.store.freeze_every = 5000
