@@ -1514,10 +1514,11 @@ class Lab:
         nss = self._lab_netns()
         for ns in sorted(nss):
             with contextlib.suppress(Exception), _ipr(ns) as ipr:
-                for tap in ("ovs-netdev", "br-int", "br-phy"):
-                    idx = ipr.link_lookup(ifname=tap)
-                    if idx:
-                        ipr.link("del", index=idx[0])
+                # Every netdev bridge leaves a tap, not only ours (nics-to-bridge's too).
+                for link in ipr.link("dump"):
+                    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun":
+                        with contextlib.suppress(Exception):
+                            ipr.link("del", index=link["index"])
         for ns in sorted(nss):
             with contextlib.suppress(FileNotFoundError):
                 netns.remove(ns)
