@@ -29,6 +29,9 @@ from ovn_k8s.sandbox.lab import Lab, LabError
 BIN = Path(sys.executable).parent
 CLUSTER_SUBNET = "10.128.0.0/14"
 EXTERNAL_NET = ("172.31.0.1", "172.31.0.2", 24)  # external host, gateway node, prefix
+GATEWAY_NIC = "eth1"
+GATEWAY_BRIDGE = f"br{GATEWAY_NIC}"  # what nics-to-bridge makes of it
+HELPER = "gateway-helper"
 DEMO_NAMESPACE = "demo"
 NODE_PORT = 30080
 START_TIMEOUT = 60.0
@@ -66,6 +69,11 @@ class Sandbox:
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
+
+    @property
+    def helper_ctl(self) -> Path:
+        """The gateway helper's unixctl socket (``ovs-appctl -t`` it)."""
+        return self.dir / f"{HELPER}.ctl"
 
     def log(self, name: str) -> Path:
         return self.dir / f"{name}.log"
@@ -122,9 +130,15 @@ class Sandbox:
             self._start_watcher()
         with self.step("ovn-k8s-overlay master-init and minion-init"):
             self._init_nodes(v1)
-        gw = self.lab.nodes[-1]
-        with self.step(f"ovn-k8s-overlay gateway-init on {gw.name}, external host"):
-            self._gateway(gw.name)
+        gw = self.lab.nodes[-1].name
+        with self.step(f"external host on {gw}'s NIC {GATEWAY_NIC}"):
+            self._external_host(gw)
+        with self.step(f"ovn-k8s-util nics-to-bridge {GATEWAY_NIC} on {gw}"):
+            self._run_on(gw, "ovn-k8s-util", "nics-to-bridge", GATEWAY_NIC)
+        with self.step(f"ovn-k8s-overlay gateway-init on {gw} (bridge {GATEWAY_BRIDGE})"):
+            self._gateway(gw)
+        with self.step(f"ovn-k8s-gateway-helper on {gw}", HELPER):
+            self._start_gateway_helper(gw)
         kubelets = [f"kubelet-{n.name}" for n in self.lab.nodes]
         with self.step("CNI node daemons, stand-in kubelets, EndpointSlice controller",
                        "endpoints", *kubelets):
@@ -209,14 +223,30 @@ class Sandbox:
                          f"--cluster-ip-subnet={CLUSTER_SUBNET}", f"--node-name={node.name}",
                          f"--cni-conf-dir={conf}", f"--cni-bin-dir={binary}")
 
+    def _external_host(self, node: str) -> None:
+        host, mine, plen = EXTERNAL_NET
+        # The node's own address sits on the NIC, as on a real host whose only NIC
+        # the gateway then shares.
+        if "outside" not in self.lab.pods:
+            self.lab.add_external_host(node, "outside", f"{host}/{plen}", nic=GATEWAY_NIC,
+                                       node_ip=f"{mine}/{plen}")
+
     def _gateway(self, node: str) -> None:
         host, mine, plen = EXTERNAL_NET
-        if "outside" not in self.lab.pods:
-            self.lab.add_external_host(node, "outside", f"{host}/{plen}", nic="eth1")
         self._run_on(node, "ovn-k8s-overlay", "gateway-init",
-                     f"--cluster-ip-subnet={CLUSTER_SUBNET}", "--physical-interface=eth1",
+                     f"--cluster-ip-subnet={CLUSTER_SUBNET}",
+                     f"--bridge-interface={GATEWAY_BRIDGE}",
                      f"--physical-ip={mine}/{plen}", f"--node-name={node}",
                      f"--default-gw={host}")
+
+    def _start_gateway_helper(self, node: str) -> None:
+        # It follows the services for NodePort flows, so it needs the API like the
+        # node's other daemons; without its flows the NIC's traffic all goes to the host.
+        self._run_on(node, "ovn-k8s-gateway-helper", f"--physical-bridge={GATEWAY_BRIDGE}",
+                     f"--physical-interface={GATEWAY_NIC}", f"--kubeconfig={self.kubeconfig}",
+                     f"--pidfile={self.dir / f'{HELPER}.pid'}", "--detach",
+                     f"--unixctl={self.helper_ctl}", f"--log-file={self.log(HELPER)}",
+                     "-vconsole:emer", "-vfile:info")
 
     def _start_node_agents(self) -> None:
         for node in self.lab.nodes:
@@ -323,6 +353,8 @@ class Sandbox:
                 f"http://{gw_ip}:{NODE_PORT}/",
                 f"  ovn-nbctl --db={self.lab.nb_remote} show",
                 f"  ovs-appctl -t {self.dir / 'watcher.ctl'} status",
+                f"  ovs-appctl -t {self.helper_ctl} gateway/flows   "
+                f"(the gateway node's NIC {GATEWAY_NIC}, shared in {GATEWAY_BRIDGE})",
                 f"  KUBECONFIG={self.kubeconfig} kubectl get pods -A   (if you have kubectl)",
                 f"stop with: ovn-k8s-sandbox --dir {self.dir} down",
             ]
@@ -344,7 +376,7 @@ class Sandbox:
         down = [f"central/{name}" for name, up in status["central"].items() if not up]
         for node, daemons in status["nodes"].items():
             down += [f"{node}/{name}" for name, up in daemons.items() if not up]
-        names = ["apiserver", "watcher", "endpoints",
+        names = ["apiserver", "watcher", "endpoints", HELPER,
                  *[f"kubelet-{n.name}" for n in self.lab.nodes],
                  *[f"cni-daemon-{n.name}" for n in self.lab.nodes]]
         for name in names:
@@ -355,9 +387,11 @@ class Sandbox:
         return down
 
     def down(self) -> None:
-        with contextlib.suppress(Exception):
-            subprocess.run(["ovs-appctl", "-t", str(self.dir / "watcher.ctl"), "exit"],
-                           capture_output=True, timeout=10, check=False)
+        # The helper first: it would otherwise re-apply flows on a bridge going away.
+        for ctl in (self.helper_ctl, self.dir / "watcher.ctl"):
+            with contextlib.suppress(Exception):
+                subprocess.run(["ovs-appctl", "-t", str(ctl), "exit"],
+                               capture_output=True, timeout=10, check=False)
         for name in ("endpoints", "apiserver",
                      *[f"kubelet-{n.name}" for n in self.lab.nodes]):
             _kill_pidfile(self.dir / f"{name}.pid")

@@ -5,6 +5,7 @@ demo) serves the checks in order; the last ones break and stop it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,9 +21,15 @@ from kubernetes import client, config
 from pyroute2 import netns
 
 from ovn_k8s import ovsdb, translate
-from ovn_k8s.sandbox.lab import Lab, lab_prefix
+from ovn_k8s.sandbox.lab import Lab, lab_prefix, pid_running
 from ovn_k8s.sandbox.lab import wait_until as wait_for
-from ovn_k8s.sandbox.system import DEMO_NAMESPACE, EXTERNAL_NET, NODE_PORT, Sandbox
+from ovn_k8s.sandbox.system import (
+    DEMO_NAMESPACE,
+    EXTERNAL_NET,
+    GATEWAY_BRIDGE,
+    NODE_PORT,
+    Sandbox,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from watcher_env import convergence_problems
@@ -118,7 +125,9 @@ def test_up_prints_steps_and_the_table(up, kube, check) -> None:
     directory, out = up
     with check("up: every step reported with its time, the demo table printed"):
         for step in ("lab: OVN central and 2 nodes", "Kubernetes API emulator",
-                     "ovn-k8s-watcher", "master-init and minion-init", "gateway-init",
+                     "ovn-k8s-watcher", "master-init and minion-init",
+                     "nics-to-bridge eth1", f"gateway-init on node2 (bridge {GATEWAY_BRIDGE})",
+                     "ovn-k8s-gateway-helper on node2",
                      "stand-in kubelets", "demo:"):
             assert step in out, f"step {step!r} not reported"
         assert "service web: ClusterIP" in out and "curl -s http://" in out
@@ -161,6 +170,26 @@ def test_pod_reaches_the_external_host(up, kube, check) -> None:
     client_ns = pod_netns(up[0], kube, "client")
     with check("a pod reaches the external host (which has no route to pods: SNAT)"):
         assert ping(client_ns, EXTERNAL_NET[0])
+
+
+def test_gateway_node_shares_its_nic_through_the_helper(up, check) -> None:
+    directory = up[0]
+    lab = Lab.load(directory)
+    gw = lab.node("node2")
+    with check("the gateway node's host still uses its NIC; the helper keeps its flows"):
+        # The address moved to the bridge and the host still reaches its network.
+        assert EXTERNAL_NET[1] in gw.exec(["ip", "-4", "addr", "show", GATEWAY_BRIDGE]).stdout
+        proc = gw.exec(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", EXTERNAL_NET[0]])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        ctl = str(directory / "gateway-helper.ctl")
+        status = subprocess.run(["ovs-appctl", "-t", ctl, "status"], capture_output=True,
+                                text=True, timeout=20, check=False)
+        assert status.returncode == 0, status.stderr
+        got = json.loads(status.stdout)
+        assert got["bridge"] == GATEWAY_BRIDGE and got["errors"] == 0 and got["flows"] > 0
+        flows = subprocess.run(["ovs-appctl", "-t", ctl, "gateway/flows"], capture_output=True,
+                               text=True, timeout=20, check=False).stdout
+        assert f"tp_dst={NODE_PORT}" in flows, "the demo's NodePort has no helper flow"
 
 
 def test_deleting_a_pod_removes_everything(up, kube, check) -> None:
@@ -217,8 +246,11 @@ def test_status_then_down_leaves_nothing(up, check) -> None:
         os.kill(lab.node("node1").daemons["ovn-controller"].read_pid(), signal.SIGKILL)
         status = sandbox(directory, "status")
         assert status.returncode == 1 and "node1/ovn-controller" in status.stdout
+        helper = int((directory / "gateway-helper.pid").read_text())
+        assert pid_running(helper)
         down = sandbox(directory, "down")
         assert down.returncode == 0, down.stderr
+        assert not pid_running(helper), "gateway helper left running"
         assert not directory.exists()
         assert processes_naming(str(directory)) == []
         assert [ns for ns in netns.listnetns() if ns.startswith(prefix)] == []
