@@ -1341,6 +1341,14 @@ class Lab:
             self._save()
         return str(host_ip)
 
+    def route_to_host(self, ip: str) -> None:
+        """Let every node reach ``ip``, an address of this machine, through the host link
+        (delivered locally there, so no forwarding or NAT is needed). Idempotent."""
+        via = self.connect_host()
+        for n in self.nodes:
+            with _ipr(n.netns) as ipr:
+                ipr.route("replace", dst=f"{ip}/32", gateway=via)
+
     def _pod_port_name(self, name: str) -> str:
         used = {p.port for p in self.pods.values()}
         for salt in range(1000):
