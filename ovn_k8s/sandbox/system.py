@@ -343,12 +343,16 @@ class Sandbox:
         self._run_on(first, "ovn-k8s-overlay", "master-init",
                      f"--cluster-ip-subnet={CLUSTER_SUBNET}",
                      f"--master-switch-subnet={subnet}", f"--node-name={first}")
-        for node in self.lab.nodes:
+
+        def minion_init(node: Any) -> None:
             conf, binary = self.cni_dirs(node.name)
             # No subnet given: minion-init waits for the one the watcher allocated.
             self._run_on(node.name, "ovn-k8s-overlay", "minion-init",
                          f"--cluster-ip-subnet={CLUSTER_SUBNET}", f"--node-name={node.name}",
                          f"--cni-conf-dir={conf}", f"--cni-bin-dir={binary}")
+
+        # As on real nodes, all at once: each mostly waits for its subnet and OVN.
+        Lab._parallel(minion_init, self.lab.nodes)
 
     def _external_host(self, node: str) -> None:
         host, mine, plen = EXTERNAL_NET
@@ -375,19 +379,22 @@ class Sandbox:
                      f"--unixctl={self.helper_ctl}", f"--log-file={self.log(HELPER)}",
                      "-vconsole:emer", "-vfile:info")
 
+    def _start_cni_daemon(self, node: Any) -> None:
+        name = f"cni-daemon-{node.name}"
+        proc = node.exec(
+            [str(BIN / "ovn-k8s-cni-overlay"), "daemon", f"--node-name={node.name}",
+             f"--kubeconfig={self.kubeconfig}", f"--pidfile={self.dir / f'{name}.pid'}",
+             "--detach", f"--unixctl={self.dir / f'{name}.ctl'}",
+             f"--log-file={self.log(name)}", "-vconsole:emer", "-vfile:info"],
+            timeout=START_TIMEOUT)
+        if proc.returncode != 0:
+            raise SandboxError(proc.stderr.strip() or f"CNI daemon on {node.name}")
+
     def _start_node_agents(self) -> None:
+        # The CNI node daemons first, so the kubelets' plugin calls take the fast path
+        # (the plugin falls back to doing the work itself without one).
+        Lab._parallel(self._start_cni_daemon, self.lab.nodes)
         for node in self.lab.nodes:
-            # The CNI node daemon first, so the kubelet's plugin calls take the fast
-            # path (the plugin falls back to doing the work itself without it).
-            name = f"cni-daemon-{node.name}"
-            proc = node.exec(
-                [str(BIN / "ovn-k8s-cni-overlay"), "daemon", f"--node-name={node.name}",
-                 f"--kubeconfig={self.kubeconfig}", f"--pidfile={self.dir / f'{name}.pid'}",
-                 "--detach", f"--unixctl={self.dir / f'{name}.ctl'}",
-                 f"--log-file={self.log(name)}", "-vconsole:emer", "-vfile:info"],
-                timeout=START_TIMEOUT)
-            if proc.returncode != 0:
-                raise SandboxError(proc.stderr.strip() or f"CNI daemon on {node.name}")
             conf, binary = self.cni_dirs(node.name)
             self._spawn([sys.executable, "-m", "ovn_k8s.sandbox.kubelet", "--node", node.name,
                          "--kubeconfig", str(self.kubeconfig), "--cni-conf-dir", str(conf),
