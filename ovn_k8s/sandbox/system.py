@@ -267,7 +267,8 @@ class Sandbox:
             raise SandboxError(f"cannot reach the API server {cfg.host}: {reason}") from None
         finally:
             api.close()
-        return f"{server}:{urlsplit(cfg.host).port or 443}"
+        url = urlsplit(cfg.host)
+        return f"{server}:{url.port or (80 if url.scheme == 'http' else 443)}"
 
     def _route_to_api(self, server: str) -> None:
         host, port = server.rsplit(":", 1)
