@@ -1,9 +1,10 @@
 """`ovn-k8s-sandbox up|down|status`: the whole system on one machine.
 
 `up` starts OVN central and N nodes (real daemons, network namespaces), the
-Kubernetes API emulator, runs master-init/minion-init/gateway-init, the watcher, a
-stand-in kubelet per node that calls the CNI plugin, and a demo service; `status`
-shows it and which daemon is down; `down` removes everything `up` made.
+Kubernetes API emulator (unless --kubeconfig names a cluster's), runs
+master-init/minion-init/gateway-init (bridge mode, with the gateway helper), the
+watcher, a stand-in kubelet per node that calls the CNI plugin, and a demo service;
+`status` shows it and which daemon is down; `down` removes everything `up` made.
 """
 
 import argparse
@@ -24,6 +25,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start everything and a demo")
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
+    up.add_argument("--kubeconfig", type=Path,
+                    help="use this cluster's API server instead of starting the emulator "
+                         "(its server must be an address of this machine); down removes "
+                         "only what up created there")
     sub.add_parser("down", help="stop everything and remove what up made")
     sub.add_parser("status", help="show the sandbox and which daemons run")
     args = parser.parse_args(argv)
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     try:
         if args.command == "up":
-            sandbox = Sandbox(args.dir, nodes=args.nodes)
+            sandbox = Sandbox(args.dir, nodes=args.nodes, kubeconfig=args.kubeconfig)
             sandbox.up()
             print(sandbox.table())
         elif args.command == "down":

@@ -1341,6 +1341,14 @@ class Lab:
             self._save()
         return str(host_ip)
 
+    def route_to_host(self, ip: str) -> None:
+        """Let every node reach ``ip``, an address of this machine, through the host link
+        (delivered locally there, so no forwarding or NAT is needed). Idempotent."""
+        via = self.connect_host()
+        for n in self.nodes:
+            with _ipr(n.netns) as ipr:
+                ipr.route("replace", dst=f"{ip}/32", gateway=via)
+
     def _pod_port_name(self, name: str) -> str:
         used = {p.port for p in self.pods.values()}
         for salt in range(1000):
@@ -1514,10 +1522,11 @@ class Lab:
         nss = self._lab_netns()
         for ns in sorted(nss):
             with contextlib.suppress(Exception), _ipr(ns) as ipr:
-                for tap in ("ovs-netdev", "br-int", "br-phy"):
-                    idx = ipr.link_lookup(ifname=tap)
-                    if idx:
-                        ipr.link("del", index=idx[0])
+                # Every netdev bridge leaves a tap, not only ours (nics-to-bridge's too).
+                for link in ipr.link("dump"):
+                    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "tun":
+                        with contextlib.suppress(Exception):
+                            ipr.link("del", index=link["index"])
         for ns in sorted(nss):
             with contextlib.suppress(FileNotFoundError):
                 netns.remove(ns)

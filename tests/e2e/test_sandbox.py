@@ -5,6 +5,7 @@ demo) serves the checks in order; the last ones break and stop it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,17 +13,25 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client, config
-from pyroute2 import netns
+from pyroute2 import IPRoute, netns
 
 from ovn_k8s import ovsdb, translate
-from ovn_k8s.sandbox.lab import Lab, lab_prefix
+from ovn_k8s.sandbox.lab import Lab, lab_prefix, pid_running
 from ovn_k8s.sandbox.lab import wait_until as wait_for
-from ovn_k8s.sandbox.system import DEMO_NAMESPACE, EXTERNAL_NET, NODE_PORT, Sandbox
+from ovn_k8s.sandbox.system import (
+    DEMO_NAMESPACE,
+    EXTERNAL_NET,
+    GATEWAY_BRIDGE,
+    NODE_PORT,
+    Sandbox,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from watcher_env import convergence_problems
@@ -118,7 +127,9 @@ def test_up_prints_steps_and_the_table(up, kube, check) -> None:
     directory, out = up
     with check("up: every step reported with its time, the demo table printed"):
         for step in ("lab: OVN central and 2 nodes", "Kubernetes API emulator",
-                     "ovn-k8s-watcher", "master-init and minion-init", "gateway-init",
+                     "ovn-k8s-watcher", "master-init and minion-init",
+                     "nics-to-bridge eth1", f"gateway-init on node2 (bridge {GATEWAY_BRIDGE})",
+                     "ovn-k8s-gateway-helper on node2",
                      "stand-in kubelets", "demo:"):
             assert step in out, f"step {step!r} not reported"
         assert "service web: ClusterIP" in out and "curl -s http://" in out
@@ -161,6 +172,26 @@ def test_pod_reaches_the_external_host(up, kube, check) -> None:
     client_ns = pod_netns(up[0], kube, "client")
     with check("a pod reaches the external host (which has no route to pods: SNAT)"):
         assert ping(client_ns, EXTERNAL_NET[0])
+
+
+def test_gateway_node_shares_its_nic_through_the_helper(up, check) -> None:
+    directory = up[0]
+    lab = Lab.load(directory)
+    gw = lab.node("node2")
+    with check("the gateway node's host still uses its NIC; the helper keeps its flows"):
+        # The address moved to the bridge and the host still reaches its network.
+        assert EXTERNAL_NET[1] in gw.exec(["ip", "-4", "addr", "show", GATEWAY_BRIDGE]).stdout
+        proc = gw.exec(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", EXTERNAL_NET[0]])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        ctl = str(directory / "gateway-helper.ctl")
+        status = subprocess.run(["ovs-appctl", "-t", ctl, "status"], capture_output=True,
+                                text=True, timeout=20, check=False)
+        assert status.returncode == 0, status.stderr
+        got = json.loads(status.stdout)
+        assert got["bridge"] == GATEWAY_BRIDGE and got["errors"] == 0 and got["flows"] > 0
+        flows = subprocess.run(["ovs-appctl", "-t", ctl, "gateway/flows"], capture_output=True,
+                               text=True, timeout=20, check=False).stdout
+        assert f"tp_dst={NODE_PORT}" in flows, "the demo's NodePort has no helper flow"
 
 
 def test_deleting_a_pod_removes_everything(up, kube, check) -> None:
@@ -217,8 +248,11 @@ def test_status_then_down_leaves_nothing(up, check) -> None:
         os.kill(lab.node("node1").daemons["ovn-controller"].read_pid(), signal.SIGKILL)
         status = sandbox(directory, "status")
         assert status.returncode == 1 and "node1/ovn-controller" in status.stdout
+        helper = int((directory / "gateway-helper.pid").read_text())
+        assert pid_running(helper)
         down = sandbox(directory, "down")
         assert down.returncode == 0, down.stderr
+        assert not pid_running(helper), "gateway helper left running"
         assert not directory.exists()
         assert processes_naming(str(directory)) == []
         assert [ns for ns in netns.listnetns() if ns.startswith(prefix)] == []
@@ -234,3 +268,120 @@ def test_bad_flags_change_nothing(base: Path) -> None:
     assert bad.returncode == 2
     assert "--nodes must be between 1 and 16" in bad.stderr
     assert not directory.exists()
+
+
+# ---- a given cluster (`up --kubeconfig`) ----------------------------------------------
+
+
+def this_machine_address() -> str:
+    """An address of this machine outside any lab, where a cluster's API server listens."""
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr(family=socket.AF_INET):
+            name = names.get(a["index"], "")
+            if name != "lo" and not name.startswith("ok8s"):
+                return a.get_attr("IFA_ADDRESS")
+    raise AssertionError("this machine has no address besides loopback and labs")
+
+
+@pytest.fixture(scope="module")
+def cluster(base: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """The API emulator in a process of its own, standing in for a real cluster."""
+    home = Path(tempfile.mkdtemp(prefix="ovn-k8s-e2e-cluster-"))
+    kubeconfig = home / "kubeconfig"
+    with open(home / "apiserver.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ovn_k8s.sandbox.apiserver", "--host",
+             this_machine_address(), "--port", "0", "--kubeconfig", str(kubeconfig)],
+            stdout=log, stderr=log, start_new_session=True)
+    try:
+        wait_for(kubeconfig.exists, 30, "the cluster's kubeconfig")
+        yield proc, kubeconfig
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def assert_nothing_left(directory: Path) -> None:
+    assert not directory.exists()
+    assert processes_naming(str(directory)) == []
+    prefix = lab_prefix(directory)
+    assert [ns for ns in netns.listnetns() if ns.startswith(prefix)] == []
+
+
+def test_up_on_a_given_cluster_then_down_leaves_the_cluster(cluster, base, check) -> None:
+    proc, kubeconfig = cluster
+    api = config.new_client_from_config(str(kubeconfig))
+    v1 = client.CoreV1Api(api)
+    # What the cluster holds already: down must leave all of it, node1 included.
+    v1.create_namespace({"metadata": {"name": "unrelated"}})
+    v1.create_namespaced_config_map("unrelated", {"metadata": {"name": "keep"},
+                                                  "data": {"a": "b"}})
+    v1.create_node({"metadata": {"name": "node1", "labels": {"owner": "someone-else"}}})
+    directory = base / "given"
+    try:
+        with check("up --kubeconfig: the demo runs on the given cluster, no emulator"):
+            up = sandbox(directory, "up", "--kubeconfig", str(kubeconfig), timeout=300)
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert "Kubernetes API emulator" not in up.stdout
+            assert f"kubeconfig {kubeconfig}" in up.stdout
+            assert not (directory / "kubeconfig").exists()
+            assert not (directory / "apiserver.pid").exists()
+            client_ns = pod_netns(directory, v1, "client")
+            vip = v1.read_namespaced_service("web", DEMO_NAMESPACE).spec.cluster_ip
+            body = http_get(client_ns, vip)
+            assert body is not None and body.startswith("hello from web-"), body
+            status = sandbox(directory, "status")
+            assert status.returncode == 0 and "all daemons running" in status.stdout
+        with check("down removes the sandbox's namespace and nodes there, nothing else"):
+            down = sandbox(directory, "down")
+            assert down.returncode == 0 and "warning" not in down.stdout, down.stdout
+            assert proc.poll() is None, "down stopped the given API server"
+            assert v1.read_namespaced_config_map("keep", "unrelated").data == {"a": "b"}
+            nodes = v1.list_node().items
+            assert [n.metadata.name for n in nodes] == ["node1"]
+            assert nodes[0].metadata.labels["owner"] == "someone-else"
+            assert DEMO_NAMESPACE not in {n.metadata.name for n in v1.list_namespace().items}
+            assert_nothing_left(directory)
+    finally:
+        api.close()
+
+
+def test_a_bad_kubeconfig_fails_first_and_leaves_nothing(cluster, base, tmp_path,
+                                                          check) -> None:
+    proc, kubeconfig = cluster
+    good = yaml.safe_load(kubeconfig.read_text())
+    server = good["clusters"][0]["cluster"]["server"]
+    host = server.split("//")[1].rsplit(":", 1)[0]
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind((host, 0))
+        closed = s.getsockname()[1]
+    secret = "not-a-token-0123456789abcdef"
+
+    def variant(name: str, server_url: str, token: str) -> Path:
+        conf = yaml.safe_load(kubeconfig.read_text())
+        conf["clusters"][0]["cluster"]["server"] = server_url
+        conf["users"][0]["user"]["token"] = token
+        path = tmp_path / f"{name}.kubeconfig"
+        path.write_text(yaml.safe_dump(conf))
+        return path
+
+    cases = {
+        "no such file": Path("/nonexistent/kubeconfig"),
+        "cannot reach the API server": variant("closed", f"http://{host}:{closed}", secret),
+        "refused the kubeconfig's credentials (HTTP 401)": variant("token", server, secret),
+    }
+    with check("up --kubeconfig with a bad kubeconfig fails at its first step, leaves nothing"):
+        for reason, path in cases.items():
+            directory = base / "badkube"
+            start = time.monotonic()
+            bad = sandbox(directory, "up", "--kubeconfig", str(path), timeout=60)
+            assert time.monotonic() - start < 20, f"{reason}: took too long"
+            assert bad.returncode == 1, bad.stdout + bad.stderr
+            assert f"ovn-k8s-sandbox: Kubernetes API: kubeconfig {path}: " in bad.stderr
+            assert reason in bad.stderr, bad.stderr
+            assert "lab:" not in bad.stdout, "went on past the check"
+            assert secret not in bad.stdout + bad.stderr, "the token was printed"
+            assert_nothing_left(directory)
+        assert proc.poll() is None
