@@ -140,13 +140,11 @@ class NodeHandler:
         switch = next((s for s in self.nb.rows("Logical_Switch") if s.name == node), None)
         if switch is not None and switch.external_ids.get(topology.OWNER_TYPE) != "node":
             return  # not ours
-        cmds = []
+        # Both with if_exists, decided in the transaction rather than from an earlier
+        # look at the replica: a transaction with nothing to delete writes nothing.
+        self.nb.execute(self.nb.api.ls_del(node, if_exists=True),
+                        self.nb.api.lrp_del(f"rtos-{node}", if_exists=True))
         if switch is not None:
-            cmds.append(self.nb.api.ls_del(node, if_exists=True))
-        if any(p.name == f"rtos-{node}" for p in self.nb.rows("Logical_Router_Port")):
-            cmds.append(self.nb.api.lrp_del(f"rtos-{node}", if_exists=True))
-        if cmds:
-            self.nb.execute(*cmds)
             LOG.info("node %s deleted: removed its switch and router port", node)
         with self._lock:
             subnet = self._subnets.pop(node, None)
