@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 
 from ovn_k8s import ipam, topology, translate
 from ovn_k8s.handlers.nodes import NodeHandler
-from ovn_k8s.handlers.pods import PodHandler, is_wired
+from ovn_k8s.handlers.pods import PodHandler, is_wired, trim
 from ovn_k8s.handlers.services import ServiceHandler
 from ovn_k8s.kube.client import merge_patch, serves
 from ovn_k8s.kube.reflector import Reflector, reflector_for
@@ -53,7 +53,7 @@ class Watcher:
         self.pod_batch = pod_batch
         self.allocator = ipam.SubnetAllocator(cluster.cluster_subnets, host_prefix)
         self.node_reflector = reflector_for(api, "nodes", handler=self._on_node)
-        self.pod_reflector = reflector_for(api, "pods", handler=self._on_pod)
+        self.pod_reflector = reflector_for(api, "pods", handler=self._on_pod, transform=trim)
         self.service_reflector = reflector_for(api, "services", handler=self._on_service)
         # EndpointSlices or Endpoints: discovery decides at start().
         self.slice_reflector: Reflector | None = None

@@ -47,6 +47,24 @@ def _fingerprint(pod: dict[str, Any]) -> tuple[Any, ...]:
             (meta.get("annotations") or {}).get(annotations.POD_NETWORK))
 
 
+def trim(pod: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod this handler reads: what the watcher caches of every pod.
+
+    A real pod carries its containers, status conditions and managedFields, several
+    KB each; across 10k pods that alone would exceed the watcher's memory target.
+    """
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    ours = (meta.get("annotations") or {}).get(annotations.POD_NETWORK)
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion")
+                     if k in meta} | ({"annotations": {annotations.POD_NETWORK: ours}}
+                                      if ours is not None else {}),
+        "spec": {k: spec[k] for k in ("nodeName", "hostNetwork") if k in spec},
+        "status": {"phase": (pod.get("status") or {}).get("phase")},
+    }
+
+
 def is_wired(pod: dict[str, Any] | None) -> bool:
     if pod is None:
         return False

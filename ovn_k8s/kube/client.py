@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -206,10 +207,12 @@ def request_base(api: k8s.ApiClient) -> tuple[str, dict[str, str]]:
         return cfg.host, headers
 
 
-def _request(api: k8s.ApiClient, method: str, path: str, body: Any = None,
-             content_type: str | None = None, timeout: float = 30.0) -> bytes:
+def _send(api: k8s.ApiClient, method: str, path: str, body: Any = None,
+          content_type: str | None = None, timeout: Any = 30.0) -> urllib3.BaseHTTPResponse:
     """One request through the client's own connection pool, TLS and credentials,
-    skipping the generated API layer: the body, or ApiException for an error status."""
+    skipping the generated API layer. Returns the unread response; an error status
+    raises ApiException (with status, reason, headers and body) as the generated calls do.
+    """
     host, auth = request_base(api)
     headers = {"Accept": "application/json", **auth}
     if content_type:
@@ -217,6 +220,8 @@ def _request(api: k8s.ApiClient, method: str, path: str, body: Any = None,
     resp = api.rest_client.pool_manager.request(
         method, host + path, body=None if body is None else json.dumps(body),
         headers=headers, preload_content=False, timeout=timeout)
+    if resp.status < 400:
+        return resp
     try:
         data = resp.read()
     finally:
@@ -224,11 +229,54 @@ def _request(api: k8s.ApiClient, method: str, path: str, body: Any = None,
     if resp.status == 401:
         with _auth_lock:  # a rotated token: fetch it again on the next call
             _auth_cache.pop(api.configuration, None)
-    if resp.status >= 400:
-        error = ApiException(status=resp.status, reason=resp.reason)
-        error.body = data.decode(errors="replace")
-        raise error
-    return data
+    error = ApiException(status=resp.status, reason=resp.reason)
+    error.body = data.decode(errors="replace")
+    error.headers = resp.headers
+    raise error
+
+
+def _request(api: k8s.ApiClient, method: str, path: str, body: Any = None,
+             content_type: str | None = None, timeout: float = 30.0) -> bytes:
+    """:func:`_send`, then the whole body."""
+    resp = _send(api, method, path, body, content_type, timeout)
+    try:
+        return resp.read()
+    finally:
+        resp.release_conn()
+
+
+class Lister:
+    """GET (list or watch) one collection, called as the generated ``list_*`` methods are.
+
+    The reflector only needs the raw response; the generated API classes it would take
+    them from cost 22 MB and 0.5-1.7 s of the watcher's start to import (measured here,
+    CoreV1Api and DiscoveryV1Api).
+    """
+
+    _PARAMS = {"watch": "watch", "resource_version": "resourceVersion",
+               "allow_watch_bookmarks": "allowWatchBookmarks",
+               "timeout_seconds": "timeoutSeconds", "limit": "limit", "_continue": "continue",
+               "label_selector": "labelSelector", "field_selector": "fieldSelector"}
+
+    def __init__(self, api: k8s.ApiClient, path: str) -> None:
+        self.api = api
+        self.path = path
+
+    def __call__(self, *, _preload_content: bool = False, _request_timeout: Any = None,
+                 **options: Any) -> urllib3.BaseHTTPResponse:
+        if _preload_content:
+            raise ValueError("Lister returns the raw response only")
+        query = {}
+        for name, value in options.items():
+            if name not in self._PARAMS:
+                raise TypeError(f"unknown list option {name!r}")
+            if value is not None:
+                query[self._PARAMS[name]] = str(value).lower() if isinstance(value, bool) \
+                    else str(value)
+        timeout = (urllib3.Timeout(connect=_request_timeout[0], read=_request_timeout[1])
+                   if isinstance(_request_timeout, tuple) else _request_timeout)
+        path = f"{self.path}?{urlencode(query)}" if query else self.path
+        return _send(self.api, "GET", path, timeout=timeout)
 
 
 def merge_patch(api: k8s.ApiClient, path: str, body: Any, timeout: float = 30.0) -> None:

@@ -42,6 +42,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from ovn_k8s.kube.client import Lister
+
 log = logging.getLogger(__name__)
 
 ADDED = "ADDED"
@@ -108,7 +110,9 @@ class Reflector:
     `list_kwargs` extra query options (label_selector, field_selector). Handlers are
     called on the reflector thread as ``handler(event_type, key, obj)`` after the cache
     holds the change; for DELETED, `obj` is the last state seen. They should be quick
-    (enqueue the key) and read the current state later with `get(key)`.
+    (enqueue the key) and read the current state later with `get(key)`. `transform`,
+    like client-go's informer transforms, trims each object before it is cached
+    (it must keep ``metadata.name``, ``namespace`` and ``resourceVersion``).
     """
 
     def __init__(
@@ -124,8 +128,10 @@ class Reflector:
         backoff_max: float = 30.0,
         connect_timeout: float = 10.0,
         list_timeout: float = 120.0,
+        transform: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self.name = name
+        self._transform = transform
         self._list_fn = list_fn
         self._list_args = list_args
         self._list_kwargs = dict(list_kwargs or {})
@@ -358,7 +364,7 @@ class Reflector:
         self._healthy()
         new: dict[str, Obj] = {}
         for obj in items:
-            new[object_key(obj)] = obj
+            new[object_key(obj)] = self._transform(obj) if self._transform else obj
         old = self._cache
         self._cache = new
         self._rv = rv
@@ -426,6 +432,8 @@ class Reflector:
                         self._rv = rv
                     continue
                 key = object_key(obj)
+                if self._transform:
+                    obj = self._transform(obj)
                 if etype == DELETED:
                     self._cache.pop(key, None)
                 else:
@@ -464,32 +472,33 @@ class Reflector:
             raise WatchError("watch ended twice in a row at once, with no events")
 
 
-# The resources the watcher follows, by the name used in logs and `status`.
-_LISTERS: dict[str, Callable[[k8s.ApiClient], Callable[..., Any]]] = {
-    "pods": lambda c: k8s.CoreV1Api(c).list_pod_for_all_namespaces,
-    "nodes": lambda c: k8s.CoreV1Api(c).list_node,
-    "namespaces": lambda c: k8s.CoreV1Api(c).list_namespace,
-    "services": lambda c: k8s.CoreV1Api(c).list_service_for_all_namespaces,
-    "endpoints": lambda c: k8s.CoreV1Api(c).list_endpoints_for_all_namespaces,
-    "endpointslices": lambda c: k8s.DiscoveryV1Api(c).list_endpoint_slice_for_all_namespaces,
-    "networkpolicies": lambda c: k8s.NetworkingV1Api(c).list_network_policy_for_all_namespaces,
+# The resources the watcher follows, by the name used in logs and `status`: their
+# collections across all namespaces.
+_PATHS: dict[str, str] = {
+    "pods": "/api/v1/pods",
+    "nodes": "/api/v1/nodes",
+    "namespaces": "/api/v1/namespaces",
+    "services": "/api/v1/services",
+    "endpoints": "/api/v1/endpoints",
+    "endpointslices": "/apis/discovery.k8s.io/v1/endpointslices",
+    "networkpolicies": "/apis/networking.k8s.io/v1/networkpolicies",
 }
 
 
 def reflector_for(api_client: k8s.ApiClient, resource: str, **kwargs: Any) -> Reflector:
     """A Reflector for one of `RESOURCES` (pods, nodes, services, endpointslices, ...)."""
     try:
-        lister = _LISTERS[resource]
+        path = _PATHS[resource]
     except KeyError:
-        raise ValueError(f"unknown resource {resource!r}; known: {sorted(_LISTERS)}") from None
-    return Reflector(resource, lister(api_client), **kwargs)
+        raise ValueError(f"unknown resource {resource!r}; known: {sorted(_PATHS)}") from None
+    return Reflector(resource, Lister(api_client, path), **kwargs)
 
 
 def custom_reflector(api_client: k8s.ApiClient, group: str, version: str, plural: str,
                      **kwargs: Any) -> Reflector:
     """A Reflector for a custom resource, across all namespaces."""
-    fn = k8s.CustomObjectsApi(api_client).list_cluster_custom_object
-    return Reflector(f"{plural}.{group}", fn, group, version, plural, **kwargs)
+    return Reflector(f"{plural}.{group}", Lister(api_client, f"/apis/{group}/{version}/{plural}"),
+                     **kwargs)
 
 
-RESOURCES = tuple(_LISTERS)
+RESOURCES = tuple(_PATHS)

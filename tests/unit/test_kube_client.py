@@ -1,5 +1,6 @@
 """Kubernetes client configuration: kubeconfig, in-cluster, lineage external_ids."""
 
+import json
 import logging
 
 import pytest
@@ -166,3 +167,22 @@ def test_merge_patch_authenticates_like_the_client_and_raises_api_errors(tmp_pat
             kclient.merge_patch(api, "/api/v1/nodes/nope", {"metadata": {}})
         assert err.value.status == 404
         assert srv.token not in str(err.value)
+
+
+def test_lister_speaks_the_list_call_convention(srv):
+    """The reflector's lister: query options as the generated calls name them, raw
+    responses, and ApiException with status and headers for an error status."""
+    api = kclient.api_client(lineage(k8s_api_server=srv.url, k8s_api_token=srv.token),
+                             environ={})
+    with api:
+        resp = kclient.Lister(api, "/api/v1/namespaces")(limit=1, _request_timeout=(5, 5))
+        try:
+            body = json.loads(resp.read())
+        finally:
+            resp.release_conn()
+        assert len(body["items"]) == 1 and body["metadata"].get("continue")
+        with pytest.raises(ApiException) as e:
+            kclient.Lister(api, "/api/v1/gizmos")()
+        assert e.value.status == 404 and e.value.headers["Content-Type"]
+        with pytest.raises(TypeError, match="pretty"):
+            kclient.Lister(api, "/api/v1/namespaces")(pretty=True)
