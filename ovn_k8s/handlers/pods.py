@@ -5,10 +5,12 @@ terminal. Its address comes from, in order: its ``ovn`` annotation (a pod keeps 
 addresses across our restarts), the port we already made for this pod UID (a crash
 between the NB commit and the annotation), else the lowest free address of its node.
 
-Work comes in batches from the queue: one NB transaction for every port of the batch,
-then the annotations, written in parallel in the background. A pod's address is
-released only after the transaction that deleted its port, so it is never in two
-ports at once.
+Work comes in batches from the queue: one look at the NB replica for the whole batch,
+one raw insert transaction for its new ports and one ovsdbapp transaction for ports
+that change or go, then the annotations, written in parallel in the background. A
+pod's address is released only after the transaction that deleted its port, so it is
+never in two ports at once. Updates that change nothing a pod's wiring depends on
+(kubelet's status writes, our own annotation coming back) are not queued at all.
 """
 
 from __future__ import annotations
