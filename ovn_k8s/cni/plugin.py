@@ -23,8 +23,9 @@ BRIDGE = "br-int"
 POLL = 0.005
 
 
-def _ovs(req: Request) -> Any:
-    """The node's Open_vSwitch database (the facade), or CniError 11 if it is down."""
+def connect_ovs(req: Request) -> Any:
+    """The Open_vSwitch database the config names (the process's shared connection to
+    it), or CniError 11 if it is down."""
     from ovn_k8s import ovsdb  # noqa: PLC0415
     from ovn_k8s.host import ovs as host_ovs  # noqa: PLC0415
 
@@ -91,7 +92,7 @@ def add(req: Request, source: Callable[[Request, Any], AnnotationSource] = defau
     conf, pod = req.conf, req.pod
     assert conf is not None and pod is not None and req.netns is not None
     marks = [("start", time.monotonic())]
-    ovs = ovs if ovs is not None else _ovs(req)
+    ovs = ovs if ovs is not None else connect_ovs(req)
     marks.append(("ovsdb", time.monotonic()))
     if not any(b.name == BRIDGE for b in ovs.rows("Bridge")):
         raise CniError(spec.TRY_AGAIN_LATER, f"{BRIDGE} does not exist yet on this node",
@@ -198,7 +199,7 @@ def delete(req: Request, ovs: Any = None) -> None:
     from ovn_k8s.cni import links  # noqa: PLC0415
 
     marks = [("start", time.monotonic())]
-    ovs = ovs if ovs is not None else _ovs(req)
+    ovs = ovs if ovs is not None else connect_ovs(req)
     marks.append(("ovsdb", time.monotonic()))
     host = links.host_veth_name(req.container_id, req.ifname)
     try:
@@ -219,7 +220,7 @@ def check(req: Request, source: Callable[[Request, Any], AnnotationSource] = def
 
     conf, pod = req.conf, req.pod
     assert conf is not None and pod is not None and req.netns is not None
-    ovs = ovs if ovs is not None else _ovs(req)
+    ovs = ovs if ovs is not None else connect_ovs(req)
     net = source(req, ovs).wait(pod, conf.annotation_timeout)
     host = links.host_veth_name(req.container_id, req.ifname)
     diffs: list[str] = []
