@@ -5,18 +5,25 @@
 A lab of its own (central + 2 nodes; pods on node1), the Kubernetes API emulator with
 every pod already annotated, one LSP per pod. Four figures per operation:
 
-* ``binary``: the installed ``ovn-k8s-cni-overlay`` (the venv's console script; bin/'s
-  launcher when there is none) run as kubelet runs it (a new process per
-  call, inside the node's netns through ``ip netns exec``), wall time per call, with
-  no node daemon: every call does the work itself (the fallback);
+* ``binary``: the installed plugin (what ``ovn-k8s-overlay minion-init`` puts in the
+  CNI bin directory: this venv's Python with ``-I -S``, see ovn_k8s.cni.install) run as
+  kubelet runs it (a new process per call, inside the node's netns through ``ip netns
+  exec``), wall time per call, with no node daemon: every call does the work itself
+  (the fallback);
 * ``daemon binary``: the same, with ``ovn-k8s-cni-overlay daemon`` running on the
   node: the plugin process only forwards the call over the daemon's socket;
 * ``daemon socket``: the front's forwarding function called in this process (no new
   process per call): the daemon's own service time, without interpreter start-up;
+* ``front start``: the installed plugin with ``--help`` (interpreter start and the
+  front's imports, nothing else), started the same way;
 * ``launch``: ``/bin/true`` started the same way: the part of ``binary`` that is only
   the lab's way of entering the node's netns, not the plugin;
 * ``in-process``: the same ADD/DEL code called in a loop in one warm process on the
-  node (imports done, OVSDB connection open): what a node daemon could reach.
+  node (imports done, OVSDB connection open; it still reads each pod from the API):
+  the floor the README compares with.
+
+Then where the daemon's time goes, per step (medians of what it logs per call), and
+the CPU each call costs: the plugin processes (this process's children) and the daemon.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import statistics
@@ -36,10 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# The console script pip installs (what kubelet runs from /opt/cni/bin): the bin/
-# launcher would add a second interpreter start (system python3, then the venv's).
-INSTALLED = REPO / ".venv" / "bin" / "ovn-k8s-cni-overlay"
-PLUGIN = str(INSTALLED if INSTALLED.exists() else REPO / "bin" / "ovn-k8s-cni-overlay")
+STEPS = re.compile(r"\b(ADD|DEL) .*\(ms: ([^;)]*)(?:; in the netns, alongside: ([^)]*))?\)")
 TARGETS = {"ADD p50": 0.050, "ADD p99": 0.150, "DEL p50": 0.025}  # DESIGN.md
 
 
@@ -80,28 +85,58 @@ def in_process(spec_path: str) -> int:
     os._exit(0)  # the OVSDB connection thread need not be joined
 
 
-def with_daemon(node: Any, kubeconfig: str, work: Path, calls: list[dict],
-                direct: list[dict], config: dict) -> dict[str, dict[str, float]]:
+def _cpu_of(pid: int) -> float:
+    """Seconds of CPU process ``pid`` (all its threads) has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def daemon_steps(log: Path) -> dict[str, dict[str, float]]:
+    """Median ms per step the daemon logged for each command."""
+    steps: dict[str, dict[str, list[float]]] = {}
+    for line in log.read_text().splitlines():
+        m = STEPS.search(line)
+        if not m:
+            continue
+        for part in filter(None, (m.group(2), m.group(3))):
+            for item in part.split(", "):
+                name, _, ms = item.rpartition(" ")
+                steps.setdefault(m.group(1), {}).setdefault(name, []).append(float(ms))
+    return {cmd: {k: statistics.median(v) for k, v in d.items()} for cmd, d in steps.items()}
+
+
+def with_daemon(node: Any, plugin: str, kubeconfig: str, work: Path, calls: list[dict],
+                direct: list[dict], config: dict) -> tuple[dict[str, dict[str, float]], dict]:
     """ADD then DEL every call through the binary while the node daemon serves them,
     then the ``direct`` calls straight over the socket from this process."""
     from ovn_k8s.cmd import cni as front  # noqa: PLC0415
 
-    started = node.exec([PLUGIN, "daemon", "--node-name", "node1", "--kubeconfig", kubeconfig,
-                         "--pidfile", "--detach", "--no-chdir",
-                         f"--log-file={work / 'daemon.log'}", "-vconsole:off", "-vfile:info"],
-                        timeout=60)
+    log = work / "daemon.log"
+    started = node.exec([plugin, "daemon", "--node-name", "node1", "--kubeconfig", kubeconfig,
+                         "--pidfile", "--detach", "--no-chdir", f"--log-file={log}",
+                         "-vconsole:off", "-vfile:info"], timeout=60)
     if started.returncode != 0:
         raise RuntimeError(f"the CNI daemon did not start: {started.stderr}")
+    pid = int((Path(node.env["OVS_RUNDIR"]) / "ovn-k8s-cni-overlay.pid").read_text().split()[0])
     timings: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    cpu: dict[str, float] = {}
     try:
         for command in ("ADD", "DEL"):
+            daemon_cpu, children_cpu = _cpu_of(pid), _children_cpu()
             for call in calls:
                 start = time.perf_counter()
-                proc = node.exec([PLUGIN], timeout=60, env=cni_env(call, command),
+                proc = node.exec([plugin], timeout=60, env=cni_env(call, command),
                                  input=json.dumps(config))
                 timings[command].append(time.perf_counter() - start)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{command} failed: {proc.stdout} {proc.stderr}")
+            cpu[f"{command} daemon"] = (_cpu_of(pid) - daemon_cpu) / len(calls)
+            cpu[f"{command} plugin process"] = (_children_cpu() - children_cpu) / len(calls)
         conf = json.dumps(config).encode()
         for command in ("ADD", "DEL"):
             for call in direct:
@@ -119,8 +154,9 @@ def with_daemon(node: Any, kubeconfig: str, work: Path, calls: list[dict],
             raise RuntimeError(f"the daemon served {served} ADDs of {len(calls) + len(direct)}")
     finally:
         node.exec(["ovs-appctl", "-t", "ovn-k8s-cni-overlay", "exit"], timeout=15)
-    return {(f"daemon {k}" if k.startswith("socket") else f"daemon binary {k}"): stats(v)
-            for k, v in timings.items()}
+    results = {(f"daemon {k}" if k.startswith("socket") else f"daemon binary {k}"): stats(v)
+               for k, v in timings.items()}
+    return results, {"steps": daemon_steps(log), "cpu": cpu}
 
 
 def main() -> int:
@@ -139,6 +175,7 @@ def main() -> int:
     from pyroute2 import netns  # noqa: PLC0415
 
     from ovn_k8s import ovsdb  # noqa: PLC0415
+    from ovn_k8s.cni import install as cni_install  # noqa: PLC0415
     from ovn_k8s.sandbox.apiserver import ApiServer  # noqa: PLC0415
     from ovn_k8s.sandbox.lab import Lab  # noqa: PLC0415
 
@@ -186,27 +223,33 @@ def main() -> int:
             return calls
 
         results: dict[str, dict[str, float]] = {}
+        # The plugin as minion-init installs it for the runtime.
+        cni_install.install(work / "net.d", work / "cni-bin", 1400)
+        plugin = str(work / "cni-bin" / cni_install.PLUGIN)
         # Through the binary, one process per call.
-        timings: dict[str, list[float]] = {"ADD": [], "DEL": [], "launch": []}
+        timings: dict[str, list[float]] = {"ADD": [], "DEL": [], "front": [], "launch": []}
         calls = make_calls(0)
         for command in ("ADD", "DEL"):
             for call in calls:
                 start = time.perf_counter()
-                proc = node.exec([PLUGIN], timeout=60, env=cni_env(call, command),
+                proc = node.exec([plugin], timeout=60, env=cni_env(call, command),
                                  input=json.dumps(config))
                 timings[command].append(time.perf_counter() - start)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{command} failed: {proc.stdout} {proc.stderr}")
-        for _ in calls:
-            start = time.perf_counter()
-            node.exec(["/bin/true"], timeout=10)
-            timings["launch"].append(time.perf_counter() - start)
+        for argv, key in (([plugin, "--help"], "front"), (["/bin/true"], "launch")):
+            for _ in calls:
+                start = time.perf_counter()
+                node.exec(argv, timeout=10)
+                timings[key].append(time.perf_counter() - start)
+        names = {"front": "front start (--help)", "launch": "launch (ip netns exec true)"}
         for k, v in timings.items():
-            results[f"binary {k}" if k != "launch" else "launch (ip netns exec true)"] = stats(v)
+            results[names.get(k, f"binary {k}")] = stats(v)
 
         # Through the binary again, with the node daemon up (detached, as systemd runs it).
-        results.update(with_daemon(node, kubeconfig, work, make_calls(2), make_calls(3),
-                                   config))
+        with_results, breakdown = with_daemon(node, plugin, kubeconfig, work, make_calls(2),
+                                              make_calls(3), config)
+        results.update(with_results)
 
         # In one warm process on the node: the first call pays the imports, drop it.
         calls = make_calls(1)
@@ -229,7 +272,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"latency": results, **breakdown}, indent=2))
         return 0
     print(f"CNI through the plugin binary vs in-process, {args.pods} pods on one node")
     print()
@@ -238,6 +281,12 @@ def main() -> int:
     for what, s in results.items():
         print(f"| {what:<28} | {s['p50'] * 1000:7.1f} | {s['p99'] * 1000:7.1f} | "
               f"{s['max'] * 1000:7.1f} |")
+    print()
+    for command, steps in breakdown["steps"].items():
+        print(f"daemon {command} steps, median ms: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+    for what, seconds in breakdown["cpu"].items():
+        print(f"CPU per {what.split()[0]}, {what.split(' ', 1)[1]}: {seconds * 1000:.1f} ms")
     print()
     for row in ("binary", "daemon binary"):
         for target, limit in TARGETS.items():

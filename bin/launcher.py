@@ -11,11 +11,16 @@ import sys
 TOP = os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir)
 VENV_PYTHON = os.path.join(TOP, ".venv", "bin", "python")
 
+# The CNI plugin runs once per pod: start it as ovn_k8s.cni.install's script does,
+# without the site (it loads the site itself when it has work to do).
+NO_SITE = {"ovn-k8s-cni-overlay"}
+
 # The dependencies live in the checkout's venv (tools/bootstrap builds it); a bare
 # `python3` would fail on the first import, so hop into the venv when there is one.
-if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(
-        os.path.join(TOP, ".venv")):
-    os.execv(VENV_PYTHON, [VENV_PYTHON, *sys.argv])
+if os.path.exists(VENV_PYTHON) and not sys.flags.no_site and os.path.realpath(
+        sys.prefix) != os.path.realpath(os.path.join(TOP, ".venv")):
+    flags = ["-IS"] if os.path.basename(sys.argv[0]) in NO_SITE else []
+    os.execv(VENV_PYTHON, [VENV_PYTHON, *flags, *sys.argv])
 
 sys.path.insert(0, TOP)
 

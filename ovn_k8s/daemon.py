@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -64,10 +66,37 @@ class _VlogHandler(logging.Handler):
             self.handleError(record)
 
 
+def _restart_also_on_sigkill() -> None:
+    """Make the --monitor process restart a daemon that died of SIGKILL.
+
+    The OVS monitor (C and Python alike) restarts only after a crash signal (SIGSEGV,
+    SIGABRT, ...), but SIGKILL is how the kernel's OOM killer ends a process, and a
+    node daemon that pods depend on must come back from that. Stopping it on purpose
+    stays possible: ``ovs-appctl -t NAME exit`` (a clean exit is never restarted), or
+    signalling the monitor. The ``ovs`` library offers no hook, so its private
+    predicate is wrapped; it is looked up at each child's death.
+    """
+    original = ovs.daemon._should_restart
+    if getattr(original, "restarts_on_sigkill", False):
+        return
+
+    def should_restart(status: int) -> bool:
+        return original(status) or (os.WIFSIGNALED(status)
+                                    and os.WTERMSIG(status) == signal.SIGKILL)
+
+    should_restart.restarts_on_sigkill = True  # type: ignore[attr-defined]
+    ovs.daemon._should_restart = should_restart
+
+
 class Daemon:
     """Daemonizes per the flags, serves unixctl, and tells the main loop when to exit."""
 
-    def __init__(self, args: argparse.Namespace, module: str) -> None:
+    def __init__(self, args: argparse.Namespace, module: str, *,
+                 restart_on_sigkill: bool = False) -> None:
+        """``restart_on_sigkill``: with --monitor, restart the daemon after a SIGKILL
+        too (see :func:`_restart_also_on_sigkill`)."""
+        if restart_on_sigkill:
+            _restart_also_on_sigkill()
         # vlog modules must exist before vlog.init (inside handle_args) runs.
         handler = _VlogHandler(module)
         self._vlog = handler._vlog

@@ -6,12 +6,17 @@ reads one JSON document from stdout: the result, the version info, or an error
 logs go to the config's ``logFile``, warnings also to stderr.
 
 With a node daemon listening (`ovn-k8s-cni-overlay daemon`, see ovn_k8s.cni.server)
-this process only forwards the call over the daemon's unix socket and prints the
-answer; the daemon checks it with the same code (ovn_k8s.cni.spec) before touching
-the host. That path imports nothing beyond json, os and socket: every millisecond of
-imports is paid per pod. Without a daemon (no socket, or nobody accepting on it)
-this process checks the call and does the work itself, with the same results and
-error codes.
+this process only forwards the call over the daemon's unix socket and copies the
+answer to stdout; the daemon checks it with the same code (ovn_k8s.cni.spec) before
+touching the host. Every millisecond this process spends starting is paid per pod,
+so that path imports only ``os``, ``sys`` and ``_socket``: not even ``json`` (~20 ms
+here, through ``re`` and ``enum``). The plugin installed for the runtime
+(ovn_k8s.cni.install) also starts Python with ``-I -S`` (no site, no .pth files, no
+editable-install finder); the site is loaded only when this process does the work
+itself. Without a daemon (no socket, or nobody accepting on it) it checks the call
+and does the work itself, with the same results and error codes.
+
+The socket protocol is in ovn_k8s.cni.wire.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from __future__ import annotations
 # The C module under `socket`: the forwarding path needs only its socket type, and the
 # Python wrapper (enum, selectors) costs ~5 ms per pod. Likewise `typing` (~4 ms).
 import _socket as socket
-import json
 import os
 import sys
+
+from ovn_k8s.cni import wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,11 +42,19 @@ LOGGER = "ovn_k8s.cni"
 # the forwarding path need not import spec.
 DEFAULT_RUNDIR = "/var/run/openvswitch"
 SOCKET_NAME = "ovn-k8s-cni.sock"
-# Seconds beyond the call's own bounds (annotation, ovn-installed) before the front
-# stops waiting for the daemon: OVSDB and netlink steps have their own timeouts.
+# Seconds beyond the daemon's own bound before the front stops waiting for it.
 DAEMON_MARGIN = 30.0
-DEFAULT_WAIT = 30.0  # spec's default annotationTimeout / ovnInstalledTimeout
+# Until the daemon has checked the call and named its bound.
+CHECK_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 2.0
+
+
+def _full_python() -> None:
+    """Load the site (venv site-packages, .pth files) a ``-S`` start skipped."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site  # noqa: PLC0415
+
+        site.main()
 
 
 def _version_of(stdin: bytes | str) -> str:
@@ -49,32 +63,31 @@ def _version_of(stdin: bytes | str) -> str:
     return spec.version_of(stdin)
 
 
-def _seconds(conf: dict[str, Any], key: str) -> float:
-    value = conf.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return DEFAULT_WAIT
+def _socket_path(environ: Mapping[str, str], stdin: bytes) -> str:
+    # Only a config naming daemonSocket pays for json.
+    if b'"daemonSocket"' in stdin:
+        import json  # noqa: PLC0415
+
+        try:
+            conf = json.loads(stdin)
+        except ValueError:  # UnicodeDecodeError too: the daemon reports it
+            conf = None
+        path = conf.get("daemonSocket") if isinstance(conf, dict) else None
+        if isinstance(path, str) and path:
+            return path
+    return os.path.join(environ.get("OVS_RUNDIR") or DEFAULT_RUNDIR, SOCKET_NAME)
 
 
-def via_daemon(environ: Mapping[str, str], stdin: bytes
-               ) -> tuple[int, dict[str, Any] | None] | None:
-    """The call answered by the node daemon, or None when no daemon takes it.
+def via_daemon(environ: Mapping[str, str], stdin: bytes) -> tuple[int, bytes] | None:
+    """The call answered by the node daemon: (exit status, bytes for stdout), or None
+    when no daemon takes it.
 
     VERSION is answered here. Once the daemon has the request, failing to hear back
     is error 11, never a second attempt in-process: the daemon may have done half the
     work (and undoes it), and kubelet retries."""
     if environ.get("CNI_COMMAND") not in ("ADD", "DEL", "CHECK"):
         return None
-    try:
-        text = stdin.decode()
-        conf = json.loads(text)
-    except ValueError:  # UnicodeDecodeError too: the in-process path reports it
-        return None
-    if not isinstance(conf, dict):
-        return None
-    path = conf.get("daemonSocket")
-    if not isinstance(path, str) or not path:
-        path = os.path.join(environ.get("OVS_RUNDIR") or DEFAULT_RUNDIR, SOCKET_NAME)
+    path = _socket_path(environ, stdin)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT)
@@ -82,26 +95,27 @@ def via_daemon(environ: Mapping[str, str], stdin: bytes
             sock.connect(path)
         except OSError:
             return None  # absent, refused, stale: do the work ourselves
-        timeout = _seconds(conf, "annotationTimeout") + DAEMON_MARGIN
-        if conf.get("waitOvnInstalled") is True:
-            timeout += _seconds(conf, "ovnInstalledTimeout")
-        sock.settimeout(timeout)
         try:
-            cni_env = {k: v for k, v in environ.items() if k.startswith("CNI_")}
-            sock.sendall(json.dumps({"env": cni_env, "config": text}).encode())
+            sock.settimeout(CHECK_TIMEOUT)
+            sock.sendall(wire.encode_request(environ, stdin))
             sock.shutdown(socket.SHUT_WR)
-            data = bytearray()
+            data = b""
             while chunk := sock.recv(65536):
                 data += chunk
-            answer = json.loads(data)
-            return int(answer["status"]), answer["result"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+                if data.startswith(b"wait ") and b"\n" in data:
+                    line, _, data = data.partition(b"\n")
+                    sock.settimeout(float(line[5:]) + DAEMON_MARGIN)
+            line, _, out = data.partition(b"\n")
+            if not line.startswith(b"exit "):
+                raise ValueError(f"no exit status in the answer ({len(data)} bytes)")
+            return int(line[5:]), out
+        except (OSError, ValueError) as e:
             from ovn_k8s.cni import spec  # noqa: PLC0415
 
             err = spec.CniError(spec.TRY_AGAIN_LATER,
                                 f"the node's CNI daemon ({path}) did not answer",
                                 details=f"{type(e).__name__}: {e}")
-            return 1, err.to_json(spec.version_of(stdin))
+            return 1, wire.stdout_bytes(err.to_json(spec.version_of(stdin)))
     finally:
         sock.close()
 
@@ -118,14 +132,8 @@ def _setup_logging(req: spec.Request) -> None:
     root.addHandler(stderr)
     path = req.conf.log_file if req.conf else None
     if path:
-        try:
-            handler = logging.FileHandler(path)
-        except OSError as e:
-            raise spec.CniError(spec.INVALID_CONFIG, f"network config: logFile {path}: "
-                                f"{e.strerror}") from None
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s %(process)d {req.command} {req.container_id[:12]} "
-            "%(levelname)s %(name)s: %(message)s"))
+        handler = logging.StreamHandler(spec.open_log(path))
+        handler.setFormatter(logging.Formatter(spec.log_format(req)))
         root.addHandler(handler)
     # Connection chatter from the OVS library is not the runtime's business.
     logging.getLogger("ovsdbapp").setLevel(logging.WARNING)
@@ -180,6 +188,7 @@ daemonSocket (default $OVS_RUNDIR/ovn-k8s-cni.sock) calls go through it.
 def main() -> None:
     # A runtime never passes arguments: one selects the daemon.
     if sys.argv[1:2] == ["daemon"]:
+        _full_python()
         from ovn_k8s.cni import server  # noqa: PLC0415
 
         server.main(sys.argv[2:])
@@ -191,9 +200,13 @@ def main() -> None:
     # Without CNI_COMMAND nobody is feeding stdin: do not block on it.
     data = sys.stdin.buffer.read() if os.environ.get("CNI_COMMAND") else b""
     answer = via_daemon(os.environ, data)
-    status, doc = answer if answer is not None else run(os.environ, data)
-    if doc is not None:
-        sys.stdout.write(json.dumps(doc) + "\n")
+    if answer is None:
+        _full_python()
+        status, doc = run(os.environ, data)
+        answer = status, wire.stdout_bytes(doc)
+    status, out = answer
+    if out:
+        sys.stdout.buffer.write(out)
     sys.stdout.flush()
     # Skip interpreter teardown: the OVSDB connection thread would otherwise be joined
     # and module finalisation adds tens of ms to every pod.

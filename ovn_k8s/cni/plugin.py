@@ -7,6 +7,7 @@ functions that need them, so VERSION and bad-input errors answer fast.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,8 +23,9 @@ BRIDGE = "br-int"
 POLL = 0.005
 
 
-def _ovs(req: Request) -> Any:
-    """The node's Open_vSwitch database (the facade), or CniError 11 if it is down."""
+def connect_ovs(req: Request) -> Any:
+    """The Open_vSwitch database the config names (the process's shared connection to
+    it), or CniError 11 if it is down."""
     from ovn_k8s import ovsdb  # noqa: PLC0415
     from ovn_k8s.host import ovs as host_ovs  # noqa: PLC0415
 
@@ -90,7 +92,7 @@ def add(req: Request, source: Callable[[Request, Any], AnnotationSource] = defau
     conf, pod = req.conf, req.pod
     assert conf is not None and pod is not None and req.netns is not None
     marks = [("start", time.monotonic())]
-    ovs = ovs if ovs is not None else _ovs(req)
+    ovs = ovs if ovs is not None else connect_ovs(req)
     marks.append(("ovsdb", time.monotonic()))
     if not any(b.name == BRIDGE for b in ovs.rows("Bridge")):
         raise CniError(spec.TRY_AGAIN_LATER, f"{BRIDGE} does not exist yet on this node",
@@ -100,16 +102,26 @@ def add(req: Request, source: Callable[[Request, Any], AnnotationSource] = defau
     host = links.host_veth_name(req.container_id, req.ifname)
     routes = links.pod_routes(net, req.wants_default_route)
     made_port = False
+    pod_setup: Callable[[], dict[str, float]] | None = None
     try:
-        host_mac = links.create_veth(host, req.ifname, req.netns, net.mac, conf.mtu)
+        veth = links.create_veth(host, req.ifname, req.netns, net.mac, conf.mtu)
         marks.append(("veth", time.monotonic()))
-        links.configure_pod(req.netns, req.ifname, net, routes, conf.mtu)
-        marks.append(("netns", time.monotonic()))
-        with ovs.transaction() as txn:
-            made_port = True
-            txn.add(ovs.api.add_port(BRIDGE, host, may_exist=True))
-            txn.add(ovs.api.db_set("Interface", host, ("external_ids", _external_ids(req, net))))
+        # The pod end is configured by a thread inside the netns while the port is
+        # added here: neither waits for the other (vswitchd opens the host end, which
+        # exists and is up), and the OVSDB round trips overlap the netlink work.
+        pod_setup = links.configure_pod(req.netns, req.ifname, net, routes, veth.pod_index)
+        made_port = True
+        # Not waiting for ovs-vswitchd to apply it (20-70 ms here): that wait checks
+        # nothing (ovsdbapp only logs a port vswitchd could not open) and the pod's
+        # traffic waits for ovn-controller's flows anyway; waitOvnInstalled waits for
+        # those, which implies vswitchd has the port.
+        ovs.execute_no_wait(ovs.api.add_port(BRIDGE, host, may_exist=True),
+                            ovs.api.db_set("Interface", host,
+                                           ("external_ids", _external_ids(req, net))))
         marks.append(("port", time.monotonic()))
+        in_pod = pod_setup()
+        pod_setup = None
+        marks.append(("netns-rest", time.monotonic()))
         if conf.wait_ovn_installed:
             _wait(f"ovn-controller marking {host} ({pod.iface_id}) ovn-installed",
                   lambda: (_interface(ovs, host) is not None and
@@ -119,6 +131,10 @@ def add(req: Request, source: Callable[[Request, Any], AnnotationSource] = defau
     except BaseException as e:
         LOG.warning("ADD %s failed (%s), removing what it made", pod, e)
         try:
+            if pod_setup is not None:
+                # Let the netns thread finish before its interface is removed.
+                with contextlib.suppress(BaseException):
+                    pod_setup()
             if made_port:
                 _remove_port(ovs, host)
             # Only the host end: the pod end goes with it, and an interface of that
@@ -134,9 +150,10 @@ def add(req: Request, source: Callable[[Request, Any], AnnotationSource] = defau
             raise CniError(spec.TRY_AGAIN_LATER, f"attaching {host} to {BRIDGE} failed",
                            details=str(e)) from None
         raise
-    LOG.info("ADD %s: %s in %s, host end %s on %s (ms: %s)", pod, req.ifname, req.netns,
-             host, BRIDGE, _steps(marks))
-    return _result(req, net, host, host_mac, routes)
+    LOG.info("ADD %s: %s in %s, host end %s on %s (ms: %s; in the netns, alongside: %s)",
+             pod, req.ifname, req.netns, host, BRIDGE, _steps(marks),
+             ", ".join(f"{k} {v:.0f}" for k, v in in_pod.items()))
+    return _result(req, net, host, veth.host_mac, routes)
 
 
 def _result(req: Request, net: PodNetwork, host: str, host_mac: str,
@@ -150,23 +167,28 @@ def _result(req: Request, net: PodNetwork, host: str, host_mac: str,
 
 def _remove_port(ovs: Any, host: str) -> None:
     if _interface(ovs, host) is not None:
-        ovs.execute(ovs.api.del_port(host, bridge=BRIDGE, if_exists=True))
+        ovs.execute_no_wait(ovs.api.del_port(host, bridge=BRIDGE, if_exists=True))
 
 
 def _remove(req: Request, ovs: Any, host: str, marks: list[tuple[str, float]]) -> None:
     from ovn_k8s.cni import links  # noqa: PLC0415
 
-    # Port first: ovs-vswitchd lets go of the device before the kernel deletes it.
-    _remove_port(ovs, host)
-    marks.append(("port", time.monotonic()))
     netns = req.netns
     if netns is not None:
         try:
             spec.check_netns(netns)
         except CniError:
             netns = None  # gone (or never one): nothing of ours can be in it
-    links.delete(host, netns, req.ifname)
-    marks.append(("veth", time.monotonic()))
+    # Deleting a veth waits ~15 ms in the kernel (RCU): it runs on a thread while the
+    # port goes here. vswitchd copes with either order; a runtime that removed the
+    # netns before DEL has already taken the veth away under it anyway.
+    veth_gone = links.start(lambda: links.delete(host, netns, req.ifname))
+    try:
+        _remove_port(ovs, host)
+        marks.append(("port", time.monotonic()))
+    finally:
+        veth_gone()
+    marks.append(("veth-rest", time.monotonic()))
 
 
 def _steps(marks: list[tuple[str, float]]) -> str:
@@ -181,7 +203,7 @@ def delete(req: Request, ovs: Any = None) -> None:
     from ovn_k8s.cni import links  # noqa: PLC0415
 
     marks = [("start", time.monotonic())]
-    ovs = ovs if ovs is not None else _ovs(req)
+    ovs = ovs if ovs is not None else connect_ovs(req)
     marks.append(("ovsdb", time.monotonic()))
     host = links.host_veth_name(req.container_id, req.ifname)
     try:
@@ -202,7 +224,7 @@ def check(req: Request, source: Callable[[Request, Any], AnnotationSource] = def
 
     conf, pod = req.conf, req.pod
     assert conf is not None and pod is not None and req.netns is not None
-    ovs = ovs if ovs is not None else _ovs(req)
+    ovs = ovs if ovs is not None else connect_ovs(req)
     net = source(req, ovs).wait(pod, conf.annotation_timeout)
     host = links.host_veth_name(req.container_id, req.ifname)
     diffs: list[str] = []

@@ -2,17 +2,26 @@
 
 A plugin process per pod pays ~1 s of imports (pyroute2, ovsdbapp, the Kubernetes
 client) for ~30 ms of work. The daemon (kuryr-kubernetes' design) pays them once and
-keeps warm what every call needs: the local Open_vSwitch connection and a cache of
-this node's pods (a reflector with ``spec.nodeName=NAME``), so ADD reads the pod's
-annotation from memory. The plugin front (`ovn_k8s.cmd.cni`) sends each call over a
-unix socket as one JSON document ``{"env": {...}, "config": "<stdin>"}`` and gets
-back ``{"status": N, "result": {...} | null}``. A thread per connection: one pod
-waiting for its annotation never holds up another.
+keeps warm what every call needs: the local Open_vSwitch connection, a netlink
+socket, and a cache of this node's pods (a reflector with ``spec.nodeName=NAME``),
+so ADD reads the pod's annotation from memory. The plugin front (`ovn_k8s.cmd.cni`)
+sends each call over a unix socket (protocol in ovn_k8s.cni.wire). A thread per
+connection: one pod waiting for its annotation never holds up another.
+
+Each call is done as the plugin process would have done it with the same config:
+``mtu``, ``annotationTimeout``, ``defaultRoute``, ``waitOvnInstalled``, ``dns`` are
+read per call; its log lines also go to its ``logFile``; an ``ovsRemote`` other than
+the daemon's own gets a connection of its own, opened by the first call naming it
+and kept (the process's shared one per remote); a ``kubeconfig`` naming another file
+than the daemon's is read per call, the annotation fetched with it from the API (as
+the plugin process does: a second pod cache per kubeconfig would be a second watch
+of every pod on the node for what is a misconfiguration or a test).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,11 +31,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ovn_k8s.cni import spec
+from ovn_k8s.cni import spec, wire
 from ovn_k8s.cni.podnet import POD_ANNOTATION, PodNetwork, network_from_pod
 from ovn_k8s.cni.spec import CniError, PodRef
 
@@ -78,44 +87,73 @@ class CacheAnnotationSource:
                     "address; is it running?")
 
 
+class RequestLogs(logging.Handler):
+    """Writes the log records of a thread serving a call to that call's ``logFile``,
+    in the plugin process's format (the daemon's own log gets them too)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self._current = threading.local()
+
+    @contextlib.contextmanager
+    def to(self, req: spec.Request) -> Iterator[None]:
+        path = req.conf.log_file if req.conf else None
+        if not path:
+            yield
+            return
+        stream = spec.open_log(path)
+        self._current.target = (stream, logging.Formatter(spec.log_format(req)))
+        try:
+            yield
+        finally:
+            self._current.target = None
+            stream.close()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = getattr(self._current, "target", None)
+        # The plugin process keeps the OVS library's connection chatter out too.
+        if target is None or (record.name.startswith("ovsdbapp")
+                              and record.levelno < logging.WARNING):
+            return
+        stream, fmt = target
+        try:
+            stream.write(fmt.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
 class CniDaemon:
     """Runs plugin calls in-process against the warm handles."""
 
-    def __init__(self, ovs: Any, pods: Any, source: CacheAnnotationSource) -> None:
+    def __init__(self, ovs: Any, pods: Any, source: CacheAnnotationSource,
+                 kubeconfig: str | None = None) -> None:
         self.ovs = ovs
         self.pods = pods
         self.source = source
+        self.kubeconfig = kubeconfig
+        self.logs = RequestLogs()
+        logging.getLogger().addHandler(self.logs)
         self.counts: Counter[str] = Counter()
         self.active = 0
         self._lock = threading.Lock()
 
-    def handle(self, environ: Mapping[str, str], stdin: str) -> tuple[int, dict[str, Any] | None]:
-        """One plugin call: (exit status, JSON document for stdout or None)."""
-        from ovn_k8s.cni import plugin  # noqa: PLC0415 - loaded once, before serving
+    def close(self) -> None:
+        logging.getLogger().removeHandler(self.logs)
 
+    def handle(self, environ: Mapping[str, str], stdin: bytes | str,
+               checked: Callable[[float], None] | None = None
+               ) -> tuple[int, dict[str, Any] | None]:
+        """One plugin call: (exit status, JSON document for stdout or None).
+
+        ``checked(seconds)`` is called once the call is valid, with how long its work
+        may take."""
         command = environ.get("CNI_COMMAND", "?")
         with self._lock:
             self.active += 1
         try:
-            req = spec.parse_request(environ, stdin)
-            if req.command == "VERSION":
-                status, doc = 0, spec.version_info()
-            elif req.command == "ADD":
-                doc = plugin.add(req, lambda _r, _o: self.source, ovs=self.ovs)
-                status = 0
-            elif req.command == "DEL":
-                plugin.delete(req, ovs=self.ovs)
-                status, doc = 0, None
-            else:
-                plugin.check(req, lambda _r, _o: self.source, ovs=self.ovs)
-                status, doc = 0, None
-        except CniError as e:
-            LOG.error("%s: %s%s", command, e.msg, f" ({e.details})" if e.details else "")
-            status, doc = 1, e.to_json(spec.version_of(stdin))
-        except Exception as e:
-            LOG.exception("%s: unexpected error", command)
-            err = CniError(spec.INTERNAL, f"{type(e).__name__}: {e}")
-            status, doc = 1, err.to_json(spec.version_of(stdin))
+            status, doc = self._answer(command, stdin,
+                                       lambda: self._checked(environ, stdin, checked))
         finally:
             with self._lock:
                 self.active -= 1
@@ -125,12 +163,61 @@ class CniDaemon:
             self.counts[f"{kind}-{'ok' if status == 0 else 'error'}"] += 1
         return status, doc
 
+    def _checked(self, environ: Mapping[str, str], stdin: bytes | str,
+                 checked: Callable[[float], None] | None
+                 ) -> tuple[int, dict[str, Any] | None]:
+        req = spec.parse_request(environ, stdin)
+        if req.command == "VERSION":
+            return 0, spec.version_info()
+        if checked is not None:
+            checked(spec.work_bound(req))
+        with self.logs.to(req):
+            return self._answer(req.command, stdin, lambda: self._run(req))
+
+    def _run(self, req: spec.Request) -> tuple[int, dict[str, Any] | None]:
+        from ovn_k8s.cni import plugin  # noqa: PLC0415 - loaded once, before serving
+
+        assert req.conf is not None
+        ovs = self.ovs
+        if req.conf.ovs_remote and req.conf.ovs_remote != self.ovs.remote:
+            ovs = plugin.connect_ovs(req)
+        if req.conf.kubeconfig and not _same_file(req.conf.kubeconfig, self.kubeconfig):
+            source = plugin.default_source
+        else:
+            def source(_r: spec.Request, _o: Any) -> CacheAnnotationSource:
+                return self.source
+        if req.command == "ADD":
+            return 0, plugin.add(req, source, ovs=ovs)
+        if req.command == "DEL":
+            plugin.delete(req, ovs=ovs)
+        else:
+            plugin.check(req, source, ovs=ovs)
+        return 0, None
+
+    @staticmethod
+    def _answer(command: str, stdin: bytes | str,
+                fn: Callable[[], tuple[int, dict[str, Any] | None]]
+                ) -> tuple[int, dict[str, Any] | None]:
+        try:
+            return fn()
+        except CniError as e:
+            LOG.error("%s: %s%s", command, e.msg, f" ({e.details})" if e.details else "")
+            return 1, e.to_json(spec.version_of(stdin))
+        except Exception as e:
+            LOG.exception("%s: unexpected error", command)
+            err = CniError(spec.INTERNAL, f"{type(e).__name__}: {e}")
+            return 1, err.to_json(spec.version_of(stdin))
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             counts = dict(self.counts)
             active = self.active
         return {"requests": counts, "active": active, "pods_cached": len(self.pods),
                 "pods_synced": self.pods.has_synced()}
+
+
+def _same_file(a: str, b: str | None) -> bool:
+    return b is not None and os.path.realpath(a) == os.path.realpath(b)
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -145,17 +232,14 @@ class _Handler(socketserver.BaseRequestHandler):
                 data += chunk
                 if len(data) > MAX_REQUEST:
                     raise ValueError("request too large")
-            msg = json.loads(data)
-            env, stdin = msg["env"], msg["config"]
-            if not isinstance(env, dict) or not isinstance(stdin, str):
-                raise ValueError("env must be an object and config a string")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            env, stdin = wire.decode_request(bytes(data))
+        except (OSError, ValueError) as e:
             LOG.warning("bad request on the CNI socket: %s", e)
             return
-        status, doc = self.server.cni.handle({str(k): str(v) for k, v in env.items()}, stdin)
         try:
-            sock.settimeout(READ_TIMEOUT)
-            sock.sendall(json.dumps({"status": status, "result": doc}).encode())
+            status, doc = self.server.cni.handle(
+                env, stdin, lambda seconds: sock.sendall(wire.wait_line(seconds)))
+            sock.sendall(wire.answer(status, doc))
         except OSError as e:
             # The front gave up (its own timeout): it has already answered the runtime.
             LOG.warning("could not answer %s: %s", env.get("CNI_COMMAND"), e)
@@ -205,18 +289,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     """`ovn-k8s-cni-overlay daemon ...`"""
     from ovn_k8s import config, daemon, ovsdb  # noqa: PLC0415
-    from ovn_k8s.cni import plugin  # noqa: F401, PLC0415 - warm the imports before serving
+    from ovn_k8s.cni import links, plugin  # noqa: F401, PLC0415 - warm the imports first
     from ovn_k8s.host import ovs as host_ovs  # noqa: PLC0415
     from ovn_k8s.kube import client as kube_client  # noqa: PLC0415
     from ovn_k8s.kube.reflector import reflector_for  # noqa: PLC0415
 
     args = _parser().parse_args(argv)
     path = args.socket or default_socket()
-    d = daemon.Daemon(args, NAME)
+    # With --monitor, back after an OOM kill too: pods cannot start while it is away
+    # (the plugin falls back to the slow in-process path).
+    d = daemon.Daemon(args, NAME, restart_on_sigkill=True)
     d.start()
     pods = None
     try:
         ovs = ovsdb.connect_ovs(args.ovs or host_ovs.default_remote(), timeout=args.timeout)
+        links.keep_host_socket()
         settings = config.Settings(vars(args), config.read_config_file(args.config_file),
                                    host_ovs.external_ids(ovs))
         api = kube_client.api_client(settings, kubeconfig=args.kubeconfig)
@@ -225,7 +312,7 @@ def main(argv: list[str]) -> None:
         source = CacheAnnotationSource(pods)
         pods.add_handler(source.notify)
         pods.start()
-        cni = CniDaemon(ovs, pods, source)
+        cni = CniDaemon(ovs, pods, source, args.kubeconfig)
         server = serve(path, cni)
     except (ovsdb.OvsdbError, config.ConfigError, OSError, ValueError) as e:
         LOG.error("%s", e)

@@ -16,7 +16,7 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 CURRENT_VERSION = "1.0.0"
 # 0.1.0/0.2.0 results have another shape (ip4/ip6); no runtime we target sends them.
@@ -159,6 +159,30 @@ class Request:
         if self.conf.default_route is not None:
             return self.conf.default_route
         return self.ifname == PRIMARY_IFNAME
+
+
+def log_format(req: Request) -> str:
+    """The ``logging`` format of a call's lines in its ``logFile``."""
+    return (f"%(asctime)s %(process)d {req.command} {req.container_id[:12]} "
+            "%(levelname)s %(name)s: %(message)s")
+
+
+def open_log(path: str) -> TextIO:
+    """The config's ``logFile``, for appending; CniError 7 if it cannot be opened."""
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as e:
+        raise CniError(INVALID_CONFIG, f"network config: logFile {path}: {e.strerror}") \
+            from None
+
+
+def work_bound(req: Request) -> float:
+    """Seconds a call may take at most: its waits, plus a connection to an ``ovsRemote``."""
+    assert req.conf is not None
+    bound = req.conf.annotation_timeout + 10.0
+    if req.conf.wait_ovn_installed:
+        bound += req.conf.ovn_installed_timeout
+    return bound
 
 
 # ------------------------------------------------------------------- environment

@@ -46,14 +46,18 @@ def socket_path(lab: Lab, node: str) -> Path:
     return Path(lab.node(node).env["OVS_RUNDIR"]) / "ovn-k8s-cni.sock"
 
 
-def start_daemon(c: Cluster, node: str) -> None:
+def start_daemon(c: Cluster, node: str, *flags: str) -> None:
     log = Path(c.log_file).with_name(f"daemon-{node}.log")
     proc = c.lab.node(node).exec(
         [base.PLUGIN, "daemon", "--node-name", node, "--kubeconfig", c.kubeconfig,
          "--pidfile", "--detach", "--no-chdir", f"--log-file={log}", "-vconsole:off",
-         "-vfile:info"], timeout=60)
+         "-vfile:info", *flags], timeout=60)
     assert proc.returncode == 0, proc.stderr
     # --detach returns once the socket is bound and unixctl answers.
+    wait_serving(c, node)
+
+
+def wait_serving(c: Cluster, node: str) -> None:
     assert socket_path(c.lab, node).is_socket()
     assert os.stat(socket_path(c.lab, node)).st_mode & 0o777 == 0o600
     deadline = time.monotonic() + 20
@@ -67,6 +71,9 @@ def stop_daemon(c: Cluster, node: str) -> None:
     if not path.exists():
         return
     pid = int(path.read_text().split()[0])
+    if not os.path.exists(f"/proc/{pid}"):
+        path.unlink()  # left by a killed daemon nobody restarted
+        return
     if c.lab.node(node).exec(["ovs-appctl", "-t", NAME, "exit"], timeout=15).returncode:
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -161,7 +168,6 @@ def test_killed_daemon_falls_back_in_process(daemons):
     try:
         pod = base.new_pod(c, "node1")
         base.assert_pod_wired(c, pod, base.add(c, pod))
-        # The in-process path writes the config's logFile; the daemon never does.
         assert f"ADD {c.namespace}/{pod.name}" in Path(c.log_file).read_text()
         base.delete(c, pod)
         base.assert_gone(c, pod)
@@ -189,3 +195,107 @@ def test_status_and_socket_option(daemons):
     base.assert_pod_wired(c, pod, result)
     assert counts(c, "node2") == before
     base.delete(c, pod)
+
+
+def test_request_log_file_gets_the_calls_lines(daemons, tmp_path):
+    c = daemons
+    pod = base.new_pod(c, "node1")
+    log = tmp_path / "this-call.log"
+    before = counts(c, "node1").get("ADD-ok", 0)
+    base.assert_pod_wired(c, pod, base.add(c, pod, logFile=str(log)))
+    assert counts(c, "node1").get("ADD-ok", 0) == before + 1
+    lines = log.read_text().splitlines()
+    # The plugin process's format: pid, command, container id, level, logger.
+    assert any(f" ADD {pod.container_id[:12]} INFO ovn_k8s.cni.plugin: ADD "
+               f"{c.namespace}/{pod.name}: eth0" in line for line in lines), lines
+    assert c.srv.token not in log.read_text()
+    # A logFile that cannot be opened: code 7 from the daemon, as in-process, nothing made.
+    other = base.new_pod(c, "node1")
+    status_, out, _ = base.cni(c, other, "ADD", base.config(c, logFile=str(tmp_path / "no" / "x")))
+    assert status_ == 1 and out["code"] == 7 and "logFile" in out["msg"], out
+    assert base.pod_links(other) == {"lo"}
+    base.delete(c, pod)
+
+
+def test_other_ovs_remote_is_honoured(daemons):
+    """A config naming another Open_vSwitch database than the daemon's: the port is
+    written there (node2's database, from node1's daemon), and an unreachable one
+    gets code 11 naming it, as in-process."""
+    c = daemons
+    pod = base.new_pod(c, "node1")
+    node2_db = f"unix:{c.lab.node('node2').env['OVS_RUNDIR']}/db.sock"
+    before = counts(c, "node1")
+    status_, result, err = base.cni(c, pod, "ADD", base.config(c, ovsRemote=node2_db))
+    assert status_ == 0, (result, err)
+    assert counts(c, "node1").get("ADD-ok", 0) == before.get("ADD-ok", 0) + 1
+    assert pod.host_end in base.ovs_ports(c, "node2")
+    assert pod.host_end not in base.ovs_ports(c, "node1")
+    assert base.iface_ids(c, "node2", pod.host_end)["iface-id"] == f"{c.namespace}_{pod.name}"
+    status_, out, err = base.cni(c, pod, "DEL", base.config(c, ovsRemote=node2_db))
+    assert (status_, out) == (0, None), err
+    assert pod.host_end not in base.ovs_ports(c, "node2")
+    assert pod.host_end not in base.node_links(c, "node1")
+    base.test_del_with_ovs_unreachable_asks_to_try_again(c, Path(c.log_file).parent)
+    assert counts(c, "node1").get("DEL-error", 0) == before.get("DEL-error", 0) + 1
+
+
+def test_other_kubeconfig_is_honoured(daemons, tmp_path):
+    """A config naming another kubeconfig than the daemon's: the pod is read with it
+    (here a refused token: code 11 from the API), not from the daemon's cache."""
+    before = counts(daemons, "node1").get("ADD-error", 0)
+    base.test_refused_token_fails_fast_and_is_never_shown(daemons, tmp_path)
+    assert counts(daemons, "node1").get("ADD-error", 0) == before + 1
+    # The same file as the daemon's, spelled differently: the cache serves it.
+    pod = base.new_pod(daemons, "node1")
+    spelled = str(Path(daemons.kubeconfig).parent / "." / Path(daemons.kubeconfig).name)
+    base.assert_pod_wired(daemons, pod, base.add(daemons, pod, kubeconfig=spelled))
+    base.delete(daemons, pod)
+
+
+def _parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"process {pid} is still there"
+        time.sleep(0.05)
+
+
+def test_monitor_restarts_a_killed_daemon_and_exit_stops_it(daemons):
+    c = daemons
+    stop_daemon(c, "node1")
+    start_daemon(c, "node1", "--monitor")
+    try:
+        child = int(pidfile(c.lab, "node1").read_text().split()[0])
+        monitor = _parent(child)
+        assert "daemon" in Path(f"/proc/{monitor}/cmdline").read_text()
+        os.kill(child, signal.SIGKILL)
+        _wait_gone(child)
+        deadline = time.monotonic() + 20
+        while True:
+            text = pidfile(c.lab, "node1").read_text() if pidfile(c.lab, "node1").exists() else ""
+            if text and int(text.split()[0]) != child and os.path.exists(
+                    f"/proc/{int(text.split()[0])}"):
+                break
+            assert time.monotonic() < deadline, "the monitor did not restart the daemon"
+            time.sleep(0.1)
+        restarted = int(text.split()[0])
+        assert _parent(restarted) == monitor
+        wait_serving(c, "node1")
+        pod = base.new_pod(c, "node1")
+        base.assert_pod_wired(c, pod, base.add(c, pod))
+        assert counts(c, "node1").get("ADD-ok") == 1  # the restarted daemon's
+        base.delete(c, pod)
+        base.assert_gone(c, pod)
+        appctl(c.lab, "node1", "exit")
+        _wait_gone(restarted)
+        _wait_gone(monitor)
+        assert not pidfile(c.lab, "node1").exists()
+    finally:
+        stop_daemon(c, "node1")
+        start_daemon(c, "node1")

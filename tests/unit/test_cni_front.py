@@ -13,16 +13,19 @@ import socket
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from ovn_k8s.cmd import cni as cni_cmd
-from ovn_k8s.cni import server, spec
+from ovn_k8s.cni import server, spec, wire
 from ovn_k8s.cni.spec import CniError, PodRef
 from ovn_k8s.kube import client as kclient
 from ovn_k8s.kube.reflector import reflector_for
 from ovn_k8s.sandbox.apiserver import ApiServer
+
+REPO = Path(__file__).resolve().parents[2]
 
 ANNOTATION = json.dumps({"ip_address": "10.128.1.5/24", "mac_address": "0a:58:0a:80:01:05",
                          "gateway_ip": "10.128.1.1"})
@@ -115,43 +118,55 @@ def test_cache_rejects_an_older_pod_of_the_same_name(v1, cache):
     assert "an older pod of that name" in e.value.msg
 
 
+def _raw_call(path: str, data: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return s.makefile("rb").read()
+
+
 def test_socket_is_private_and_answers_over_the_protocol(v1, cache, tmp_path):
     pods, source = cache
-    path = str(tmp_path / "cni.sock")
+    path = str(tmp_path / spec.DAEMON_SOCKET_NAME)
     srv = server.serve(path, server.CniDaemon(None, pods, source))
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(path)
-            s.sendall(json.dumps({"env": {"CNI_COMMAND": "VERSION"}, "config": "{}"}).encode())
-            s.shutdown(socket.SHUT_WR)
-            answer = json.loads(s.makefile("rb").read())
-        assert answer == {"status": 0, "result": spec.version_info()}
-        # Bad input is answered by the daemon exactly as in-process (same code, msg).
+        answer = _raw_call(path, wire.encode_request({"CNI_COMMAND": "VERSION"}, b"{}"))
+        assert answer == wire.answer(0, spec.version_info())
+        # Bad input is answered by the daemon exactly as in-process (same code, msg),
+        # through the front as the runtime runs it.
         for env, conf in (({"CNI_COMMAND": "ADD"}, "{"),
                           (_env("/proc/self/ns/net"), "{"),
+                          (_env("/proc/self/ns/net"), '{"cniVersion": "1.0.0", "name": "n", '
+                                                      '"type": "t", "mtu": true}'),
                           (_env("/nonexistent"), '{"cniVersion": "1.0.0", "name": "n", '
                                                  '"type": "t"}'),
-                          (_env("/proc/self/ns/net"), '{"cniVersion": "9.9.9"}')):
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(path)
-                s.sendall(json.dumps({"env": env, "config": conf}).encode())
-                s.shutdown(socket.SHUT_WR)
-                answer = json.loads(s.makefile("rb").read())
-            assert (answer["status"], answer["result"]) == cni_cmd.run(env, conf.encode())
-            assert answer["status"] == 1
+                          (_env("/proc/self/ns/net"), '{"cniVersion": "9.9.9"}'),
+                          (_env("/proc/self/ns/net"), '\udcff')):
+            data = conf.encode("utf-8", "surrogateescape")
+            status, out = cni_cmd.via_daemon({**env, "OVS_RUNDIR": str(tmp_path)}, data)
+            assert (status, json.loads(out)) == cni_cmd.run(env, data)
+            assert status == 1 and out.endswith(b"}\n") and out.count(b"\n") == 1
         # Garbage on the socket: the connection is dropped, the server keeps serving.
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(path)
-            s.sendall(b"not json")
-            s.shutdown(socket.SHUT_WR)
-            assert s.recv(10) == b""
+        for garbage in (b"not json", b"CNI1\0CNI_COMMAND=ADD", b"CNI1\0PATH=/x\0\0{}"):
+            assert _raw_call(path, garbage) == b""
         status = server.CniDaemon.status(srv.cni)
-        assert status["requests"] == {"VERSION-ok": 1, "ADD-error": 4}
+        assert status["requests"] == {"VERSION-ok": 1, "ADD-error": 6}
         assert status["active"] == 0 and status["pods_synced"] is True
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_wire_request_round_trip():
+    env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "A=1;B=é", "CNI_NETNS": "/x=y", "CNI_IFNAME": "",
+           "PATH": "/bin"}
+    stdin = b'{"a": "\0 binary \xff"}'
+    got_env, got_stdin = wire.decode_request(wire.encode_request(env, stdin))
+    assert got_env == {k: v for k, v in env.items() if k.startswith("CNI_")}
+    assert got_stdin == stdin
+    assert wire.decode_request(wire.encode_request({}, b"")) == ({}, b"")
 
 
 def _env(netns: str, **extra: str) -> dict[str, str]:
@@ -171,9 +186,10 @@ def test_front_falls_back_without_a_daemon(tmp_path):
     for path in (tmp_path / "absent.sock", stale):
         data = json.dumps({**conf, "daemonSocket": str(path)}).encode()
         assert cni_cmd.via_daemon(_env("/proc/self/ns/net"), data) is None
-    # VERSION and bad input never need the daemon.
+    # VERSION never needs the daemon; without one, bad input is answered in-process.
     assert cni_cmd.via_daemon({"CNI_COMMAND": "VERSION"}, b"") is None
-    assert cni_cmd.via_daemon(_env("/proc/self/ns/net"), b"{") is None
+    assert cni_cmd.via_daemon({**_env("/proc/self/ns/net"), "OVS_RUNDIR": str(tmp_path)},
+                              b"{") is None
 
 
 def test_front_reports_code_11_when_the_daemon_drops_the_call(tmp_path):
@@ -192,11 +208,12 @@ def test_front_reports_code_11_when_the_daemon_drops_the_call(tmp_path):
     try:
         conf = {"cniVersion": "0.4.0", "name": "n", "type": "ovn-k8s-cni-overlay",
                 "daemonSocket": str(path)}
-        status, doc = cni_cmd.via_daemon(_env("/proc/self/ns/net"), json.dumps(conf).encode())
+        status, out = cni_cmd.via_daemon(_env("/proc/self/ns/net"), json.dumps(conf).encode())
     finally:
         t.join(5)
         listener.close()
     assert status == 1
+    doc = json.loads(out)
     assert doc["code"] == spec.TRY_AGAIN_LATER and doc["cniVersion"] == "0.4.0"
     assert str(path) in doc["msg"]
 
@@ -208,17 +225,40 @@ def test_default_socket_follows_ovs_rundir():
     assert os.path.join(cni_cmd.DEFAULT_RUNDIR, cni_cmd.SOCKET_NAME) == server.default_socket({})
 
 
-def test_front_imports_only_the_stdlib():
+@pytest.mark.parametrize("flags", [[], ["-I", "-S"]])
+def test_front_imports_only_the_stdlib(flags):
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    # What the import adds to what the interpreter (and site) already loaded.
-    code = ("import json, sys; before = set(sys.modules); import ovn_k8s.cmd.cni; "
-            "print(json.dumps(sorted(set(sys.modules) - before)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    # What the import adds to what the interpreter (and site, if any) already loaded.
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); before = set(sys.modules); "
+            "import ovn_k8s.cmd.cni; print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    added = set(json.loads(out))
+    added = set(out.split())
     assert {m for m in added if m.startswith("ovn_k8s")} == {
-        "ovn_k8s", "ovn_k8s.cmd", "ovn_k8s.cmd.cni"}
+        "ovn_k8s", "ovn_k8s.cmd", "ovn_k8s.cmd.cni", "ovn_k8s.cni", "ovn_k8s.cni.wire"}
     assert not added & {"logging", "ipaddress", "dataclasses", "pyroute2", "ovs", "kubernetes",
-                        "ovsdbapp", "urllib3", "socket", "typing"}
+                        "ovsdbapp", "urllib3", "socket", "typing", "json", "re", "enum"}
+
+
+def test_installed_plugin_starts_without_site_and_falls_back_in_process(tmp_path):
+    """The script minion-init installs: -I -S, and without a daemon the site is loaded
+    for the in-process work (here: VERSION, and a call refused for its netns)."""
+    import subprocess  # noqa: PLC0415
+
+    from ovn_k8s.cni import install  # noqa: PLC0415
+
+    install.install(tmp_path / "net.d", tmp_path / "bin", 1400)
+    plugin = tmp_path / "bin" / install.PLUGIN
+    assert plugin.read_text().splitlines()[0].endswith(" -IS")
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OVS_RUNDIR": str(tmp_path)}
+    proc = subprocess.run([str(plugin)], input=b"", env={**base, "CNI_COMMAND": "VERSION"},
+                          capture_output=True, timeout=60, check=False)
+    assert (proc.returncode, json.loads(proc.stdout)) == (0, spec.version_info())
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": install.PLUGIN}
+    proc = subprocess.run([str(plugin)], input=json.dumps(conf).encode(),
+                          env={**base, **_env(str(tmp_path / "none"))}, capture_output=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["code"] == spec.INVALID_ENVIRONMENT
