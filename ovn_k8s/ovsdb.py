@@ -63,12 +63,13 @@ NB_TABLES: tuple[str, ...] = (
     "Port_Group",
     "Address_Set",
 )
-# Tables monitored with only some of their columns. ovn-northd writes
+# Tables monitored with only the columns we write. ovn-northd writes
 # Logical_Switch_Port.up on every new port; monitoring it cost our replica a second
-# update (parse, index removal and re-insertion) per pod wired.
+# update (parse, index removal and re-insertion) per pod wired. (ovsdbapp's lsp_add
+# with may_exist reads parent_name: register the table whole to use it.)
 NB_COLUMNS: dict[str, tuple[str, ...]] = {
     "Logical_Switch_Port": ("name", "type", "addresses", "port_security", "options",
-                            "external_ids", "parent_name", "tag_request", "tag", "enabled"),
+                            "external_ids"),
 }
 SB_TABLES: tuple[str, ...] = (
     "SB_Global",

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         api = kube_client.api_client(settings, kubeconfig=args.kubeconfig, pool_maxsize=32)
         watcher = Watcher(api, nb, cluster, host_prefix=host_prefix, sync_mode=sync_mode)
         watcher.start(timeout=args.timeout)
+        daemon.release_free_memory()  # the start-up's lists and NB dump are garbage now
     except (ValueError, config.ConfigError, ovsdb.OvsdbError, TimeoutError, OSError) as e:
         LOG.error("%s", e)
         sys.exit(f"{NAME}: error: {e}")
