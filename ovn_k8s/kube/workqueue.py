@@ -197,25 +197,34 @@ class WorkQueue:
     # ---- workers ----------------------------------------------------------------------
 
     def start(self, handler: KeyHandler | None = None, *, batch_handler: BatchHandler | None
-              = None, workers: int = 1, max_batch: int = 100) -> WorkQueue:
+              = None, workers: int = 1, max_batch: int = 100,
+              min_interval: float = 0.0) -> WorkQueue:
         """Run `workers` threads that take keys and call `handler(key)` (one key at a time)
         or `batch_handler(keys)` (up to `max_batch` keys). A raised exception fails the key
-        (or the whole batch) and is logged; the worker carries on."""
+        (or the whole batch) and is logged; the worker carries on. With `min_interval`,
+        a worker starts batches at most that often: a lone key after a quiet spell goes
+        at once, a stream of them is gathered into fewer, larger batches."""
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
         for i in range(workers):
-            t = threading.Thread(target=self._work, args=(handler, batch_handler, max_batch),
+            t = threading.Thread(target=self._work,
+                                 args=(handler, batch_handler, max_batch, min_interval),
                                  name=f"{self.name}-worker-{i}", daemon=True)
             self._workers.append(t)
             t.start()
         return self
 
     def _work(self, handler: KeyHandler | None, batch_handler: BatchHandler | None,
-              max_batch: int) -> None:
+              max_batch: int, min_interval: float = 0.0) -> None:
+        started = 0.0
         while True:
+            pause = started + min_interval - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
             keys = self.get_batch(max_batch if batch_handler else 1)
             if not keys:
                 return
+            started = time.monotonic()
             failed: set[str]
             try:
                 if batch_handler is not None:

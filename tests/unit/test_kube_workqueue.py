@@ -171,6 +171,33 @@ def test_lone_key_goes_at_once_and_backlog_comes_in_batches(q):
     assert sorted(k for b in rest for k in b) == sorted(f"p{i}" for i in range(70))
 
 
+def test_min_interval_gathers_a_stream_but_not_a_lone_key(q):
+    """Keys arriving one by one every 5 ms are handled in batches no closer than the
+    interval; a key after a quiet spell goes at once."""
+    starts: list[float] = []
+    batches: list[list[str]] = []
+
+    def handler(keys):
+        starts.append(time.monotonic())
+        batches.append(list(keys))
+
+    q.start(batch_handler=handler, max_batch=100, min_interval=0.1)
+    added = time.monotonic()
+    q.add("lone")
+    wait_for(lambda: batches, what="the lone key")
+    assert batches[0] == ["lone"] and starts[0] - added < 0.05
+    time.sleep(0.15)
+    for i in range(40):  # a 200 ms stream
+        q.add(f"s{i}")
+        time.sleep(0.005)
+    assert q.wait_idle(5)
+    stream = batches[1:]
+    assert sorted(k for b in stream for k in b) == sorted(f"s{i}" for i in range(40))
+    assert 2 <= len(stream) <= 4, [len(b) for b in stream]
+    gaps = [b - a for a, b in itertools.pairwise(starts[1:])]
+    assert all(g >= 0.099 for g in gaps), gaps
+
+
 def test_batch_handler_partial_failure_retries_only_failed_keys(q):
     seen: list[str] = []
     failed_once: set[str] = set()
