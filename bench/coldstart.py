@@ -24,6 +24,7 @@ from pathlib import Path
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).parent))
+from apiserver import print_table  # bench/apiserver.py
 from services import endpoint_ip, slice_body  # bench/services.py
 from watcher import Annotated, Bench, pod_body, proc_cpu, proc_rss_mb  # bench/watcher.py
 
@@ -151,9 +152,7 @@ def main() -> int:
         ("watcher RSS after first sync / restart", f"{first_rss:.0f} / {rss:.0f} MB",
          "target <= 200 MB"),
     ]
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    print_table(("what", "result", "target"), rows)
     return 0
 
 

@@ -34,6 +34,7 @@ from ovn_k8s.kube.reflector import reflector_for
 from ovn_k8s.sandbox.lab import Lab
 
 sys.path.insert(0, str(Path(__file__).parent))
+from apiserver import print_table  # bench/apiserver.py
 from lab_startstop import machine
 
 CLUSTER = "10.128.0.0/14"
@@ -259,9 +260,7 @@ def main() -> int:
         ("watcher RSS", f"after {full['pods'] + offered['pods']} pods",
          f"{offered['rss_mb']:.0f} MB", ""),
     ]
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    print_table(("what", "how", "result", "target"), rows)
     return 0
 
 
