@@ -64,6 +64,16 @@ def cni_env(call: dict, command: str) -> dict[str, str]:
     }
 
 
+def run_binary(node: Any, plugin: str, call: dict, command: str, config: dict) -> float:
+    """One call of the installed plugin as kubelet makes it; its wall time in seconds."""
+    start = time.perf_counter()
+    proc = node.exec([plugin], timeout=60, env=cni_env(call, command), input=json.dumps(config))
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} failed: {proc.stdout} {proc.stderr}")
+    return elapsed
+
+
 def in_process(spec_path: str) -> int:
     """Child mode, run on the node: ADD then DEL every pod, timing each call."""
     from ovn_k8s.cni import plugin, spec  # noqa: PLC0415
@@ -129,12 +139,7 @@ def with_daemon(node: Any, plugin: str, kubeconfig: str, work: Path, calls: list
         for command in ("ADD", "DEL"):
             daemon_cpu, children_cpu = _cpu_of(pid), _children_cpu()
             for call in calls:
-                start = time.perf_counter()
-                proc = node.exec([plugin], timeout=60, env=cni_env(call, command),
-                                 input=json.dumps(config))
-                timings[command].append(time.perf_counter() - start)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{command} failed: {proc.stdout} {proc.stderr}")
+                timings[command].append(run_binary(node, plugin, call, command, config))
             cpu[f"{command} daemon"] = (_cpu_of(pid) - daemon_cpu) / len(calls)
             cpu[f"{command} plugin process"] = (_children_cpu() - children_cpu) / len(calls)
         conf = json.dumps(config).encode()
@@ -231,12 +236,7 @@ def main() -> int:
         calls = make_calls(0)
         for command in ("ADD", "DEL"):
             for call in calls:
-                start = time.perf_counter()
-                proc = node.exec([plugin], timeout=60, env=cni_env(call, command),
-                                 input=json.dumps(config))
-                timings[command].append(time.perf_counter() - start)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{command} failed: {proc.stdout} {proc.stderr}")
+                timings[command].append(run_binary(node, plugin, call, command, config))
         for argv, key in (([plugin, "--help"], "front"), (["/bin/true"], "launch")):
             for _ in calls:
                 start = time.perf_counter()
