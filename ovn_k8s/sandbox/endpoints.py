@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from typing import Any
+
+from ovn_k8s.sandbox import termination
 
 LOG = logging.getLogger("ovn_k8s.sandbox.endpoints")
 
@@ -115,10 +115,7 @@ class Controller:
         self.pods.wait_synced(60)
         self.services.start()
         self.queue.start(self.handle)
-        done = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: done.set())
-        done.wait()
+        termination().wait()
         self.services.stop()
         self.pods.stop()
         self.queue.shutdown()

@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ovn_k8s.sandbox import termination
+
 LOG = logging.getLogger("ovn_k8s.sandbox.kubelet")
 
 # The demo container: a tiny HTTP server (not http.server: it does reverse DNS before
@@ -92,10 +94,7 @@ class Kubelet:
         self.register()
         self.pods.start()
         self.queue.start(self.handle, workers=4)
-        done = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: done.set())
-        done.wait()
+        termination().wait()
         self.pods.stop()
         self.queue.shutdown()
 

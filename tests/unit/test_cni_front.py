@@ -21,9 +21,7 @@ from kubernetes import client
 from ovn_k8s.cmd import cni as cni_cmd
 from ovn_k8s.cni import server, spec, wire
 from ovn_k8s.cni.spec import CniError, PodRef
-from ovn_k8s.kube import client as kclient
 from ovn_k8s.kube.reflector import reflector_for
-from ovn_k8s.sandbox.apiserver import ApiServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,17 +30,8 @@ ANNOTATION = json.dumps({"ip_address": "10.128.1.5/24", "mac_address": "0a:58:0a
 
 
 @pytest.fixture
-def srv():
-    with ApiServer(bookmark_interval=0.1) as s:
-        yield s
-
-
-@pytest.fixture
-def v1(srv, tmp_path):
-    api = kclient.api_client(kubeconfig=srv.write_kubeconfig(tmp_path / "kubeconfig"),
-                             environ={})
-    yield client.CoreV1Api(api), api
-    api.close()
+def v1(api):
+    return client.CoreV1Api(api), api
 
 
 @pytest.fixture

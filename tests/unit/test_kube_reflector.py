@@ -8,7 +8,6 @@ import time
 import pytest
 from kubernetes import client
 
-from ovn_k8s.kube import client as kclient
 from ovn_k8s.kube.reflector import (
     ADDED,
     DELETED,
@@ -18,7 +17,6 @@ from ovn_k8s.kube.reflector import (
     reflector_for,
 )
 from ovn_k8s.kube.workqueue import WorkQueue
-from ovn_k8s.sandbox.apiserver import ApiServer
 
 FAST = {"backoff_initial": 0.02, "backoff_max": 0.2}
 
@@ -49,20 +47,6 @@ class Recorder:
 
     def wait(self, etype, key, timeout=10.0):
         wait_for(lambda: self.of(etype, key), timeout, f"{etype} {key}")
-
-
-@pytest.fixture
-def srv():
-    with ApiServer(bookmark_interval=0.1) as s:
-        yield s
-
-
-@pytest.fixture
-def api(srv, tmp_path):
-    # As the watcher builds it: from a kubeconfig, through our client module.
-    c = kclient.api_client(kubeconfig=srv.write_kubeconfig(tmp_path / "kubeconfig"), environ={})
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
+
+from ovn_k8s.sandbox import termination
 
 from .server import ApiServer
 
@@ -49,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                     bookmark_interval=args.bookmark_interval,
                     kubelet_delay=None if args.kubelet_delay < 0 else args.kubelet_delay,
                     gc_freeze=True, endpoint_slices=not args.no_endpoint_slices)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+    done = termination()
     srv.start()
     srv.write_kubeconfig(args.kubeconfig)
     print(srv.url, flush=True)
