@@ -118,7 +118,7 @@ def new_pod_ports_ops(ports: list[PodPort], switches: dict[str, Any]) -> list[di
     by_switch: dict[str, list[str]] = {}
     for i, port in enumerate(ports):
         ops.append({"op": "insert", "table": "Logical_Switch_Port", "uuid-name": f"p{i}",
-                    "row": {"name": port.lsp,
+                    "row": {"name": port.lsp, "up": False,
                             **{c: _datum(v) for c, v in port.columns().items()}}})
         by_switch.setdefault(port.node, []).append(f"p{i}")
     for node, names in by_switch.items():

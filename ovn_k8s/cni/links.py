@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -31,6 +33,7 @@ from ovn_k8s.cni.podnet import PodNetwork
 from ovn_k8s.cni.spec import Route
 
 T = TypeVar("T")
+LOG = logging.getLogger(__name__)
 
 
 class LinkError(RuntimeError):
@@ -237,24 +240,92 @@ def configure_pod(netns_path: str, ifname: str, net: PodNetwork, routes: Iterabl
 def delete(host_name: str, netns_path: str | None, ifname: str) -> None:
     """Remove the pair, whichever ends are left; nothing left is fine (DEL is idempotent)."""
     with _host() as ipr:
-        try:
-            ipr.link("del", ifname=host_name)  # takes the pod end with it
-            return
-        except NetlinkError as e:
-            if e.code != errno.ENODEV:
-                raise LinkError(f"cannot delete {host_name}: {e}") from None
+        _delete(ipr, host_name, netns_path, ifname)
+
+
+def _delete(ipr: IPRoute, host_name: str, netns_path: str | None, ifname: str) -> None:
+    try:
+        ipr.link("del", ifname=host_name)  # takes the pod end with it
+        return
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise LinkError(f"cannot delete {host_name}: {e}") from None
     if netns_path is None or not os.path.exists(netns_path):
         return
 
     def work() -> None:
-        with IPRoute() as ipr:
-            link = _get_link(ipr, ifname)
+        with IPRoute() as inside:
+            link = _get_link(inside, ifname)
             if link is None:
                 return
             if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth":
-                ipr.link("del", index=link["index"])  # only what we would have made
+                inside.link("del", index=link["index"])  # only what we would have made
 
     in_netns(netns_path, work)
+
+
+# Deleting a veth holds the caller ~15 ms in the kernel (it waits for RCU grace
+# periods under the rtnl lock; measured here, whatever the pair's netns or IPv6
+# state). The node daemon answers DEL once the OVS port is gone, and leaves the pair
+# to a reaper: a thread of its own, with its own netlink socket so that ADDs on the
+# shared one are not held up behind it, doing queued work in order. A later call
+# about the same name waits for that work first (settle). If the daemon dies with
+# work still queued, the runtime's removal of each pod's netns takes the pairs away
+# (a veth dies with either end's netns), and an ADD replaces a leftover of its name.
+_pending: dict[str, threading.Event] = {}
+_pending_lock = threading.Lock()
+_reaper: queue.SimpleQueue[tuple[str, Callable[[IPRoute], None], threading.Event]] | None = None
+
+
+def defer(name: str, work: Callable[[IPRoute], None]) -> None:
+    """Queue ``work(ipr)`` (``ipr``: the reaper's netlink socket) for interface
+    ``name`` and return at once."""
+    global _reaper
+    with _pending_lock:
+        if _reaper is None:
+            _reaper = queue.SimpleQueue()
+            threading.Thread(target=_reap, args=(_reaper,), name="cni-reaper",
+                             daemon=True).start()
+        done = _pending[name] = threading.Event()
+        _reaper.put((name, work, done))
+
+
+def delete_with(ipr: IPRoute, host_name: str, netns_path: str | None, ifname: str) -> None:
+    """:func:`delete` on the netlink socket ``ipr`` (the reaper's)."""
+    _delete(ipr, host_name, netns_path, ifname)
+
+
+def _reap(work: queue.SimpleQueue[tuple[str, Callable[[IPRoute], None], threading.Event]]
+          ) -> None:
+    with IPRoute() as ipr:
+        while True:
+            name, fn, done = work.get()
+            try:
+                fn(ipr)
+            except Exception as e:  # the call has answered: the log is all that is left
+                LOG.error("deferred work on %s: %s", name, e)
+            finally:
+                with _pending_lock:
+                    if _pending.get(name) is done:
+                        del _pending[name]
+                done.set()
+
+
+def settle(name: str, timeout: float = 10.0) -> None:
+    """Wait until the work queued for ``name`` is done (before making it again,
+    reading it, or deleting it)."""
+    with _pending_lock:
+        done = _pending.get(name)
+    if done is not None and not done.wait(timeout):
+        raise LinkError(f"{name} is still being deleted after {timeout:g}s")
+
+
+def settle_all(timeout: float) -> bool:
+    """Wait for all queued work (a daemon's clean exit); False on timeout."""
+    deadline = time.monotonic() + timeout
+    with _pending_lock:
+        waits = list(_pending.values())
+    return all(done.wait(max(0.0, deadline - time.monotonic())) for done in waits)
 
 
 @dataclass(frozen=True)

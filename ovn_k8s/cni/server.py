@@ -189,7 +189,7 @@ class CniDaemon:
         if req.command == "ADD":
             return 0, plugin.add(req, source, ovs=ovs)
         if req.command == "DEL":
-            plugin.delete(req, ovs=ovs)
+            plugin.delete(req, ovs=ovs, background=True)
         else:
             plugin.check(req, source, ovs=ovs)
         return 0, None
@@ -331,5 +331,7 @@ def main(argv: list[str]) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    if not links.settle_all(10.0):
+        LOG.warning("exiting with veth deletions still queued")
     pods.stop()
     ovs.close()

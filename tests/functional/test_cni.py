@@ -226,8 +226,13 @@ def assert_pod_wired(c: Cluster, pod: Pod, result: dict, version: str = "1.0.0")
     assert pod.host_end in ovs_ports(c, pod.node)
 
 
-def assert_gone(c: Cluster, pod: Pod) -> None:
+def assert_gone(c: Cluster, pod: Pod, veth_within: float = 2.0) -> None:
+    """The OVS port is gone when DEL has answered; the veth pair at once, or (the node
+    daemon answers before the kernel's ~15 ms deletion is over) within ``veth_within``."""
     assert pod.host_end not in ovs_ports(c, pod.node)
+    deadline = time.monotonic() + veth_within
+    while pod.host_end in node_links(c, pod.node) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert pod.host_end not in node_links(c, pod.node)
     if pod.netns in netns.listnetns():
         assert pod_links(pod) <= {"lo"}

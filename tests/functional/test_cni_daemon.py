@@ -108,6 +108,36 @@ def test_add_ping_tcp_and_delete_through_the_daemon(daemons):
         assert after.get("DEL-ok", 0) - before[node].get("DEL-ok", 0) == 2, after
 
 
+def test_del_then_add_again_at_once(daemons):
+    """The daemon answers DEL once OVSDB has dropped the port, and leaves the veth
+    (and its replica's catching up) to its reaper thread: an ADD of the same
+    container straight after (over the socket from here, no process start in
+    between) must wait for that, then wire the pod again."""
+    from ovn_k8s.cmd import cni as front  # noqa: PLC0415
+
+    c = daemons
+    pod = base.new_pod(c, "node1")
+    env = {"CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.path, "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={c.namespace};K8S_POD_NAME={pod.name};"
+                       f"K8S_POD_UID={pod.uid}", **c.lab.node("node1").env}
+    conf = json.dumps(base.config(c)).encode()
+
+    def call(command: str) -> dict | None:
+        answer = front.via_daemon({**env, "CNI_COMMAND": command}, conf)
+        assert answer is not None and answer[0] == 0, answer
+        return json.loads(answer[1]) if answer[1] else None
+
+    for _ in range(5):
+        result = call("ADD")
+        assert result is not None
+        base.assert_pod_wired(c, pod, result)
+        assert call("DEL") is None
+        assert pod.host_end not in base.ovs_ports(c, "node1")
+    base.assert_gone(c, pod)
+    assert status(c.lab, "node1")["requests"].get("ADD-error", 0) == 0
+
+
 def test_annotation_arriving_late_through_the_cache(daemons):
     c = daemons
     before = counts(c, "node1").get("ADD-ok", 0)

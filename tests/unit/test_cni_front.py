@@ -228,7 +228,7 @@ def test_front_imports_only_the_stdlib(flags):
     assert {m for m in added if m.startswith("ovn_k8s")} == {
         "ovn_k8s", "ovn_k8s.cmd", "ovn_k8s.cmd.cni", "ovn_k8s.cni", "ovn_k8s.cni.wire"}
     assert not added & {"logging", "ipaddress", "dataclasses", "pyroute2", "ovs", "kubernetes",
-                        "ovsdbapp", "urllib3", "socket", "typing", "json", "re", "enum"}
+                        "ovsdbapp", "urllib3", "socket", "typing", "json", "re", "enum", "os"}
 
 
 def test_installed_plugin_starts_without_site_and_falls_back_in_process(tmp_path):
