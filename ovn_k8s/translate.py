@@ -113,6 +113,10 @@ def new_pod_ports_ops(ports: list[PodPort], switches: dict[str, Any]) -> list[di
     A wait on each switch makes the transaction fail if the switch is gone, instead of
     OVSDB silently dropping ports that no switch references. Raises LookupError
     naming a node missing from ``switches``.
+
+    ``up`` starts as false, the value ovn-northd would write for a port no chassis has
+    claimed yet: left unset, northd writes it to every new port (a second NB
+    transaction per batch, and another recompute of every flow).
     """
     ops: list[dict[str, Any]] = []
     by_switch: dict[str, list[str]] = {}

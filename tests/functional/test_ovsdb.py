@@ -1,5 +1,6 @@
 """The OVSDB facade against the lab's real OVN NB, SB and node Open_vSwitch databases."""
 
+import json
 import time
 
 import netaddr
@@ -132,6 +133,40 @@ def test_raw_transact_writes_atomically_and_survives_a_restart(lab, nb):
         [moved], translate.lookup(nb, switches=["raw-sw3"])[1]))
     assert nb.wait_replica(lambda: "ns_raw-9" in translate.lookup(nb, ["ns_raw-9"])[0], 5)
     nb.execute(nb.api.ls_del("raw-sw2"), nb.api.ls_del("raw-sw3"))
+
+
+def _nb_records_since(lab, offset: int) -> list[dict]:
+    """The transactions appended to NB's file (a log of ``OVSDB JSON <len> <sha1>``
+    lines, each followed by that many bytes of JSON) after ``offset``."""
+    data = (lab.central_dir / "nb.db").read_bytes()[offset:]
+    records, pos = [], 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        length = int(data[pos:end].split()[2])
+        records.append(json.loads(data[end + 1:end + 1 + length]))
+        pos = end + 1 + length + 1
+    return records
+
+
+def test_new_pod_ports_are_not_written_again_by_northd(lab, nb):
+    """ovn-northd sets `up` on every port whose value differs from what it computes:
+    ports inserted with up=false (unclaimed) cost it no second NB transaction."""
+    nb.execute(nb.api.ls_add("up-sw"))
+    switches = translate.lookup(nb, switches=["up-sw"])[1]
+    ports = [translate.PodPort("ns", f"up-{i}", f"uid-{i}", "up-sw",
+                               translate.pod_network_for(netaddr.IPAddress(f"10.8.0.{i + 2}"),
+                                                         netaddr.IPNetwork("10.8.0.0/24")))
+             for i in range(3)]
+    lab.sync()
+    offset = (lab.central_dir / "nb.db").stat().st_size
+    nb.transact(translate.new_pod_ports_ops(ports, switches))
+    lab.sync()  # northd has processed them (and the nb_cfg bump is a record of its own)
+    time.sleep(0.5)
+    touched = [rows for record in _nb_records_since(lab, offset)
+               for table, rows in record.items() if table == "Logical_Switch_Port"]
+    assert len(touched) == 1, touched  # ours, and nothing after it
+    assert lab.nbctl("get", "Logical_Switch_Port", "ns_up-0", "up").strip() == "false"
+    nb.execute(nb.api.ls_del("up-sw"))
 
 
 def test_sb_and_node_ovs(lab):
