@@ -17,7 +17,6 @@ import errno
 import hashlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -266,53 +265,70 @@ def _delete(ipr: IPRoute, host_name: str, netns_path: str | None, ifname: str) -
 
 # Deleting a veth holds the caller ~15 ms in the kernel (it waits for RCU grace
 # periods under the rtnl lock; measured here, whatever the pair's netns or IPv6
-# state). The node daemon answers DEL once the OVS port is gone, and leaves the pair
-# to a reaper: a thread of its own, with its own netlink socket so that ADDs on the
-# shared one are not held up behind it, doing queued work in order. A later call
-# about the same name waits for that work first (settle). If the daemon dies with
-# work still queued, the runtime's removal of each pod's netns takes the pairs away
-# (a veth dies with either end's netns), and an ADD replaces a leftover of its name.
+# state). The node daemon answers DEL once the OVS port is gone and deletes the pair
+# after the answer is sent, on the call's own thread (see deferring): run any
+# earlier, the deletion's Python half competes for the interpreter lock with the
+# answer. It uses a netlink socket of its own, so ADDs on the shared one are not
+# held up behind it. A later call about the same name waits for it first (settle).
+# If the daemon dies before it is done, the runtime's removal of the pod's netns
+# takes the pair away (a veth dies with either end's netns), and an ADD replaces a
+# leftover of its own name.
 _pending: dict[str, threading.Event] = {}
 _pending_lock = threading.Lock()
-_reaper: queue.SimpleQueue[tuple[str, Callable[[IPRoute], None], threading.Event]] | None = None
+_held = threading.local()
+_later_socket: IPRoute | None = None
+_later_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def deferring() -> Iterator[None]:
+    """Inside the block, work given to :func:`defer` by this thread waits; it runs
+    when the block ends (the daemon: once the call's answer has been sent)."""
+    _held.work = []
+    try:
+        yield
+    finally:
+        work, _held.work = _held.work, None
+        for name, fn, done in work:
+            _run_deferred(name, fn, done)
 
 
 def defer(name: str, work: Callable[[IPRoute], None]) -> None:
-    """Queue ``work(ipr)`` (``ipr``: the reaper's netlink socket) for interface
-    ``name`` and return at once."""
-    global _reaper
+    """``work(ipr)`` for interface ``name`` (``ipr``: a netlink socket of its own),
+    at the end of this thread's :func:`deferring` block, or now outside one."""
+    done = threading.Event()
     with _pending_lock:
-        if _reaper is None:
-            _reaper = queue.SimpleQueue()
-            threading.Thread(target=_reap, args=(_reaper,), name="cni-reaper",
-                             daemon=True).start()
-        done = _pending[name] = threading.Event()
-        _reaper.put((name, work, done))
+        _pending[name] = done
+    held = getattr(_held, "work", None)
+    if held is None:
+        _run_deferred(name, work, done)
+    else:
+        held.append((name, work, done))
 
 
 def delete_with(ipr: IPRoute, host_name: str, netns_path: str | None, ifname: str) -> None:
-    """:func:`delete` on the netlink socket ``ipr`` (the reaper's)."""
+    """:func:`delete` on the netlink socket ``ipr`` (deferred work's)."""
     _delete(ipr, host_name, netns_path, ifname)
 
 
-def _reap(work: queue.SimpleQueue[tuple[str, Callable[[IPRoute], None], threading.Event]]
-          ) -> None:
-    with IPRoute() as ipr:
-        while True:
-            name, fn, done = work.get()
-            try:
-                fn(ipr)
-            except Exception as e:  # the call has answered: the log is all that is left
-                LOG.error("deferred work on %s: %s", name, e)
-            finally:
-                with _pending_lock:
-                    if _pending.get(name) is done:
-                        del _pending[name]
-                done.set()
+def _run_deferred(name: str, fn: Callable[[IPRoute], None], done: threading.Event) -> None:
+    global _later_socket
+    try:
+        with _later_lock:
+            if _later_socket is None:
+                _later_socket = IPRoute()
+            fn(_later_socket)
+    except Exception as e:  # the call has answered: the log is all that is left
+        LOG.error("deferred work on %s: %s", name, e)
+    finally:
+        with _pending_lock:
+            if _pending.get(name) is done:
+                del _pending[name]
+        done.set()
 
 
 def settle(name: str, timeout: float = 10.0) -> None:
-    """Wait until the work queued for ``name`` is done (before making it again,
+    """Wait until the work deferred for ``name`` is done (before making it again,
     reading it, or deleting it)."""
     with _pending_lock:
         done = _pending.get(name)
@@ -321,7 +337,7 @@ def settle(name: str, timeout: float = 10.0) -> None:
 
 
 def settle_all(timeout: float) -> bool:
-    """Wait for all queued work (a daemon's clean exit); False on timeout."""
+    """Wait for all deferred work (a daemon's clean exit); False on timeout."""
     deadline = time.monotonic() + timeout
     with _pending_lock:
         waits = list(_pending.values())

@@ -202,8 +202,8 @@ def _remove(req: Request, ovs: Any, host: str, marks: list[tuple[str, float]],
             netns = None  # gone (or never one): nothing of ours can be in it
     if background:
         # Done once OVSDB has committed the removal: the pair and our replica's
-        # catching up go to the daemon's reaper (links.defer says why), and any later
-        # call about this name waits for them.
+        # catching up are deferred until the answer is out (links.defer says why),
+        # and any later call about this name waits for them.
         _remove_port(ovs, host, wait=False)
         marks.append(("port", time.monotonic()))
 
@@ -226,7 +226,7 @@ def _remove(req: Request, ovs: Any, host: str, marks: list[tuple[str, float]],
 
 
 def _settle(host: str) -> None:
-    """Wait for this name's queued deletion (an earlier DEL's, in the daemon)."""
+    """Wait for this name's deferred deletion (an earlier DEL's, in the daemon)."""
     from ovn_k8s.cni import links  # noqa: PLC0415
 
     try:
@@ -244,8 +244,8 @@ def _steps(marks: list[tuple[str, float]]) -> str:
 def delete(req: Request, ovs: Any = None, background: bool = False) -> None:
     """Remove the port and the veth; whatever is already gone is not an error.
 
-    ``background`` (the node daemon): return once OVSDB has removed the port, with
-    the veth's deletion queued on the process's reaper thread."""
+    ``background`` (the node daemon): done once OVSDB has removed the port; the
+    veth's deletion is deferred (links.defer) until the call has been answered."""
     from ovn_k8s import ovsdb  # noqa: PLC0415
     from ovn_k8s.cni import links  # noqa: PLC0415
 
@@ -262,7 +262,7 @@ def delete(req: Request, ovs: Any = None, background: bool = False) -> None:
         raise CniError(spec.TRY_AGAIN_LATER, f"removing {host} from {BRIDGE} failed",
                        details=str(e)) from None
     LOG.info("DEL %s %s: removed %s (ms: %s)%s", req.pod or req.container_id, req.ifname,
-             host, _steps(marks), "; veth deletion queued" if background else "")
+             host, _steps(marks), "; veth deletion deferred" if background else "")
 
 
 def check(req: Request, source: Callable[[Request, Any], AnnotationSource] = default_source,

@@ -236,10 +236,16 @@ class _Handler(socketserver.BaseRequestHandler):
         except (OSError, ValueError) as e:
             LOG.warning("bad request on the CNI socket: %s", e)
             return
+        from ovn_k8s.cni import links  # noqa: PLC0415 - loaded before serving
+
         try:
-            status, doc = self.server.cni.handle(
-                env, stdin, lambda seconds: sock.sendall(wire.wait_line(seconds)))
-            sock.sendall(wire.answer(status, doc))
+            # What a call defers (DEL's veth deletion) runs once its answer is out:
+            # the end of the stream is the front's sign that the answer is whole.
+            with links.deferring():
+                status, doc = self.server.cni.handle(
+                    env, stdin, lambda seconds: sock.sendall(wire.wait_line(seconds)))
+                sock.sendall(wire.answer(status, doc))
+                sock.shutdown(socket.SHUT_WR)
         except OSError as e:
             # The front gave up (its own timeout): it has already answered the runtime.
             LOG.warning("could not answer %s: %s", env.get("CNI_COMMAND"), e)
@@ -332,6 +338,6 @@ def main(argv: list[str]) -> None:
     except FileNotFoundError:
         pass
     if not links.settle_all(10.0):
-        LOG.warning("exiting with veth deletions still queued")
+        LOG.warning("exiting with veth deletions still running")
     pods.stop()
     ovs.close()

@@ -110,7 +110,7 @@ def test_add_ping_tcp_and_delete_through_the_daemon(daemons):
 
 def test_del_then_add_again_at_once(daemons):
     """The daemon answers DEL once OVSDB has dropped the port, and leaves the veth
-    (and its replica's catching up) to its reaper thread: an ADD of the same
+    (and its replica's catching up) until it has answered: an ADD of the same
     container straight after (over the socket from here, no process start in
     between) must wait for that, then wire the pod again."""
     from ovn_k8s.cmd import cni as front  # noqa: PLC0415
