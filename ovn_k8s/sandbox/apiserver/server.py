@@ -39,6 +39,11 @@ _MAX_HEAD = 256 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 # Stop reading from a client whose unprocessed input grows beyond this.
 _READ_LIMIT = 4 * 1024 * 1024
+# One receive buffer for every connection: the loop thread fills it and hands the bytes
+# to one protocol before the next read, so nothing else can see it in between. Plain
+# Protocols make asyncio allocate (and mostly throw away) 256 KiB per recv(), which
+# cost more than parsing and answering a small request.
+_RECV_SIZE = 256 * 1024
 
 
 @dataclass
@@ -168,11 +173,12 @@ def _head(resp: Response, keep: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(asyncio.BufferedProtocol):
     """One client connection: requests are answered in order; a watch owns it until done."""
 
     def __init__(self, srv: ApiServer) -> None:
         self.srv = srv
+        self._recv = srv._recv
         self.loop = asyncio.get_running_loop()
         assert srv.notifier is not None
         self.notifier = srv.notifier
@@ -206,7 +212,13 @@ class _Conn(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._recv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._recv[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.buf += data
         if self.busy:
             if len(self.buf) > _READ_LIMIT and self.transport is not None:
@@ -378,6 +390,7 @@ class ApiServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.notifier: _Notifier | None = None
         self._unpaused = asyncio.Event()
+        self._recv = memoryview(bytearray(_RECV_SIZE))
 
     # ---- lifecycle ----------------------------------------------------------------------
 
