@@ -172,17 +172,27 @@ def _parse(buf: bytearray) -> tuple[Request, bool, int] | None:
     return Request(method.upper(), path, qs, headers, body), keep, pos
 
 
+# (status, content type, keep-alive) -> the head up to the Content-Length value: every
+# ordinary reply has one of a handful of these, so build each once.
+_HEAD_PREFIX: dict[tuple[int, str], bytes] = {}
+
+
 def _head(resp: Response, keep: bool) -> bytes:
-    try:
-        phrase = http.HTTPStatus(resp.status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    lines = [f"HTTP/1.1 {resp.status} {phrase}", f"Content-Type: {resp.content_type}",
-             "Cache-Control: no-cache, private", f"Content-Length: {len(resp.body)}"]
-    lines += [f"{k}: {v}" for k, v in resp.headers.items()]
+    key = (resp.status, resp.content_type)
+    prefix = _HEAD_PREFIX.get(key)
+    if prefix is None:
+        try:
+            phrase = http.HTTPStatus(resp.status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        prefix = (f"HTTP/1.1 {resp.status} {phrase}\r\nContent-Type: {resp.content_type}\r\n"
+                  "Cache-Control: no-cache, private\r\nContent-Length: ").encode("latin-1")
+        if len(_HEAD_PREFIX) < 256:
+            _HEAD_PREFIX[key] = prefix
+    extra = "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) if resp.headers else ""
     if not keep:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        extra += "Connection: close\r\n"
+    return b"%s%d\r\n%s\r\n" % (prefix, len(resp.body), extra.encode("latin-1"))
 
 
 class _Conn(asyncio.BufferedProtocol):
