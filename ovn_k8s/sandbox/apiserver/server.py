@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import gc
 import hmac
 import http
 import logging
@@ -398,10 +397,7 @@ class ApiServer:
                       endpoint_slices=endpoint_slices)
         if gc_freeze:
             # Process-wide, so only for a process of its own (the command line does it).
-            # Also freeze what start-up allocated (modules, kinds): otherwise every full
-            # collection before the first periodic freeze walks it all again.
-            gc.freeze()
-            self.store.freeze_every = 1000
+            self.store.freeze_every = 5000
         self.api = Api(self.store, bookmark_interval=bookmark_interval,
                        min_request_timeout=min_request_timeout)
         self._hooks = threading.Lock()
