@@ -47,6 +47,10 @@ class Request:
     def query(self) -> dict[str, str]:
         if self._query is None:
             q: dict[str, str] = {}
+            if not self.query_string:
+                # Most requests have none; parse_qsl costs more than the rest of routing.
+                self._query = q
+                return q
             for k, v in parse_qsl(self.query_string, keep_blank_values=True):
                 q.setdefault(k, v)  # like Go's url.Values.Get: the first value wins
             self._query = q
