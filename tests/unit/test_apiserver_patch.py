@@ -1,6 +1,8 @@
 """Patches through the official client (strategic merge is its default for dicts, JSON patch
 for lists, merge patch on request) and the patch algorithms on their own."""
 
+import json
+
 import pytest
 from kubernetes import client
 
@@ -183,3 +185,40 @@ def test_strategic_directives():
     out = P.strategic_merge_patch({"m": {"a": 1, "b": 2}}, {"m": {"$retainKeys": ["a"],
                                                                  "a": 5}}, keys)
     assert out == {"m": {"a": 5}}
+
+
+def test_merge_patches_leave_earlier_versions_intact():
+    # Pod merge patches share untouched parts with the stored object instead of copying
+    # it: every version in the history must still read exactly as it was written, and no
+    # later write (merge, strategic, status, PUT) may change what an earlier one returned.
+    with ApiServer() as s, s.api_client() as c:
+        v1 = client.CoreV1Api(c)
+        make_pod(v1)
+        start = s.store.rv
+        v1.patch_namespaced_pod("p", "default", {"metadata": {"annotations": {"ovn": "1"}}},
+                                _content_type=MERGE)
+        v1.patch_namespaced_pod_status("p", "default", {"status": {"phase": "Running"}},
+                                       _content_type=MERGE)
+        v1.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"app": None}},
+                                                 "spec": {"activeDeadlineSeconds": 5}},
+                                _content_type=MERGE)
+        seen = [json.loads(e.new.raw) for e in s.store.events_after(start)]
+        v1.patch_namespaced_pod("p", "default", {"metadata": {"annotations": {"ovn": "2"}}})
+        v1.patch_namespaced_pod("p", "default", {"spec": {"containers": [
+            {"name": "c1", "image": "img:9"}]}})
+        cur = v1.read_namespaced_pod("p", "default")
+        cur.metadata.labels = {"put": "1"}
+        v1.replace_namespaced_pod("p", "default", cur)
+        events = s.store.events_after(start)
+        assert [e.new.obj for e in events[:3]] == seen
+        assert [json.loads(e.new.raw) for e in events[:3]] == seen
+        assert [e["metadata"]["annotations"].get("ovn") for e in seen] == ["1", "1", "1"]
+        assert [e["status"]["phase"] for e in seen] == ["Pending", "Running", "Running"]
+        assert [e["metadata"]["labels"].get("app") for e in seen] == ["web", "web", None]
+        assert [e["spec"].get("activeDeadlineSeconds") for e in seen] == [None, None, 5]
+        assert [c["image"] for c in seen[2]["spec"]["containers"]] == ["img:1", "img:2"]
+        final = v1.read_namespaced_pod("p", "default")
+        assert final.metadata.annotations == {"a": "1", "ovn": "2"}
+        assert final.metadata.labels == {"put": "1"}
+        assert final.spec.containers[0].image == "img:9"
+        assert final.spec.active_deadline_seconds == 5

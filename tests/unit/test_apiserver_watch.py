@@ -472,3 +472,48 @@ def test_fifty_watchers_get_every_event_once_in_order(srv):
         assert [e[0] for e in out[len(expected):]] == ["ADDED", "DELETED"]
         rvs = [int(e[2]) for e in out]
         assert rvs == sorted(set(rvs))
+
+
+def test_each_event_carries_its_own_write_as_the_reply_did(srv, v1):
+    # A write is serialised once and those bytes serve the reply and every watch: each
+    # event must still be that write's object, not a later one.
+    mkpod(v1, "shared")
+    rv = v1.list_namespaced_pod("default").metadata.resource_version
+    watches = [RawWatch(srv, "/api/v1/namespaces/default/pods", resourceVersion=rv)
+               for _ in range(2)]
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", srv.port, maxsize=1)
+    replies = []
+    for i in range(20):
+        r = pool.request("PATCH", "/api/v1/namespaces/default/pods/shared",
+                         body=json.dumps({"metadata": {"annotations": {"ovn": str(i)}}}),
+                         headers={"Authorization": f"Bearer {srv.token}",
+                                  "Content-Type": "application/merge-patch+json"})
+        assert r.status == 200
+        replies.append(json.loads(r.data))
+    for rw in watches:
+        events = rw.take(20)
+        assert [e["type"] for e in events] == ["MODIFIED"] * 20
+        assert [e["object"] for e in events] == replies
+        assert [e["object"]["metadata"]["annotations"]["ovn"] for e in events] == [
+            str(i) for i in range(20)]
+        rw.close()
+    pool.close()
+
+
+def test_bookmarks_keep_coming_between_writes(srv, v1):
+    # One timer per watch, re-armed after each bookmark: writes in between must neither
+    # stop the bookmarks nor be held back by them.
+    rv = v1.list_namespaced_pod("default").metadata.resource_version
+    rw = RawWatch(srv, "/api/v1/namespaces/default/pods", resourceVersion=rv,
+                  allowWatchBookmarks=True)
+    t = time.monotonic()
+    assert rw.next()["type"] == "BOOKMARK"
+    mkpod(v1, "between")
+    ev = rw.next()
+    while ev["type"] == "BOOKMARK":
+        ev = rw.next()
+    assert (ev["type"], ev["object"]["metadata"]["name"]) == ("ADDED", "between")
+    assert rw.next()["type"] == "BOOKMARK"
+    assert rw.next()["type"] == "BOOKMARK"
+    assert time.monotonic() - t < 5
+    rw.close()

@@ -149,6 +149,10 @@ def _qos(spec: dict[str, Any]) -> str:
 
 
 class PodStrategy(Strategy):
+    # prepare_update only swaps top-level fields, validate reads (and deep-copies before
+    # comparing), commit_update and committed do nothing: see Strategy.edits_nested.
+    edits_nested = False
+
     def prepare_create(self, store: Store, rt: ResourceType, obj: dict[str, Any]) -> None:
         spec = obj.get("spec")
         if not isinstance(spec, dict):

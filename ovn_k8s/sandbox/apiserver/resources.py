@@ -18,6 +18,11 @@ Causes = list[tuple[str, str, str]]
 class Strategy:
     """Per-kind hooks, called with the store lock held. The defaults suit plain objects."""
 
+    # False: the hooks only replace top-level fields of a new object and never edit
+    # containers nested in it, so a merge patch may hand them a result that shares its
+    # untouched parts with the (immutable) stored object instead of a full private copy.
+    edits_nested = True
+
     def prepare_create(self, store: Store, rt: ResourceType, obj: dict[str, Any]) -> None:
         """Defaults and server-owned fields on create (e.g. reset status, allocate IPs)."""
 

@@ -47,6 +47,10 @@ class Request:
     def query(self) -> dict[str, str]:
         if self._query is None:
             q: dict[str, str] = {}
+            if not self.query_string:
+                # Most requests have none; parse_qsl costs more than the rest of routing.
+                self._query = q
+                return q
             for k, v in parse_qsl(self.query_string, keep_blank_values=True):
                 q.setdefault(k, v)  # like Go's url.Values.Get: the first value wins
             self._query = q
@@ -324,8 +328,9 @@ class Api:
         if m == "PATCH":
             if not name or sub == "binding":
                 raise errors.method_not_allowed()
-            fn = self._patch_fn(req, rt, version)
-            st = self.store.patch(rt, ns, name, fn, subresource=sub, dry_run=dry_run)
+            fn, pure = self._patch_fn(req, rt, version)
+            st = self.store.patch(rt, ns, name, fn, subresource=sub, dry_run=dry_run,
+                                  pure=pure)
             return self._object(rt, version, st)
         if m == "DELETE":
             if sub:
@@ -381,7 +386,9 @@ class Api:
                 f"{kind or '?'} in version {av or '?'}")
         return body
 
-    def _patch_fn(self, req: Request, rt: ResourceType, version: str) -> Any:
+    def _patch_fn(self, req: Request, rt: ResourceType, version: str) -> tuple[Any, bool]:
+        """The patch as a function of the current object, and whether it is pure (see
+        Store.patch)."""
         ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
         allowed = _PATCH_TYPES if rt.merge_keys is not None else _CR_PATCH_TYPES
         if ctype not in allowed or ctype.startswith("application/apply-patch"):
@@ -390,13 +397,13 @@ class Api:
                                                    if not t.startswith("application/apply")])
         doc = _parse_json(req.body, rt.kind)
         if ctype == "application/json-patch+json":
-            return lambda cur: patch.json_patch(cur, doc)
+            return (lambda cur: patch.json_patch(cur, doc)), False
         if not isinstance(doc, dict):
             raise errors.bad_request("patch body must be a JSON object")
         if ctype == "application/merge-patch+json":
-            return lambda cur: patch.merge_patch(cur, doc)
+            return (lambda cur: patch.merge_patch(cur, doc)), True
         keys = rt.merge_keys or {}
-        return lambda cur: patch.strategic_merge_patch(cur, doc, keys)
+        return (lambda cur: patch.strategic_merge_patch(cur, doc, keys)), False
 
     def _bind(self, rt: ResourceType, ns: str, name: str, req: Request,
               dry_run: bool) -> Response:

@@ -39,6 +39,11 @@ _MAX_HEAD = 256 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 # Stop reading from a client whose unprocessed input grows beyond this.
 _READ_LIMIT = 4 * 1024 * 1024
+# One receive buffer for every connection: the loop thread fills it and hands the bytes
+# to one protocol before the next read, so nothing else can see it in between. Plain
+# Protocols make asyncio allocate (and mostly throw away) 256 KiB per recv(), which
+# cost more than parsing and answering a small request.
+_RECV_SIZE = 256 * 1024
 
 
 @dataclass
@@ -67,17 +72,22 @@ class _Injection:
 
 
 class _Notifier:
-    """Wakes watch coroutines after store writes, at most once per loop iteration."""
+    """Wakes watch coroutines after store writes, at most once per loop iteration.
+
+    A generation counter and bare futures instead of an asyncio.Event plus
+    asyncio.timeout() per wait: a watch is woken about once per write, so the per-wake
+    objects (Event, Timeout, timer handle) were a visible share of a write's cost."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.event = asyncio.Event()
+        self.gen = 0
+        self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._thread = threading.get_ident()
 
     def poke(self) -> None:
         """Any thread. A missed flag check only costs an extra wake-up, never a lost one:
-        watchers read the history after the event fires."""
+        watchers read the history after noting the generation."""
         if self._scheduled:
             return
         self._scheduled = True
@@ -89,13 +99,20 @@ class _Notifier:
 
     def _fire(self) -> None:
         self._scheduled = False
-        ev, self.event = self.event, asyncio.Event()
-        ev.set()
+        self.gen += 1
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
-    async def wait(self, ev: asyncio.Event, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, timeout)):
-                await ev.wait()
+    def waiter(self, gen: int) -> asyncio.Future[None] | None:
+        """Loop thread. A future resolved by the next wake-up, or None if one came after
+        generation `gen` (the caller must look at the history again)."""
+        if self.gen != gen:
+            return None
+        fut = self.loop.create_future()
+        self._waiters.append(fut)
+        return fut
 
 
 def _parse(buf: bytearray) -> tuple[Request, bool, int] | None:
@@ -155,24 +172,35 @@ def _parse(buf: bytearray) -> tuple[Request, bool, int] | None:
     return Request(method.upper(), path, qs, headers, body), keep, pos
 
 
+# (status, content type, keep-alive) -> the head up to the Content-Length value: every
+# ordinary reply has one of a handful of these, so build each once.
+_HEAD_PREFIX: dict[tuple[int, str], bytes] = {}
+
+
 def _head(resp: Response, keep: bool) -> bytes:
-    try:
-        phrase = http.HTTPStatus(resp.status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    lines = [f"HTTP/1.1 {resp.status} {phrase}", f"Content-Type: {resp.content_type}",
-             "Cache-Control: no-cache, private", f"Content-Length: {len(resp.body)}"]
-    lines += [f"{k}: {v}" for k, v in resp.headers.items()]
+    key = (resp.status, resp.content_type)
+    prefix = _HEAD_PREFIX.get(key)
+    if prefix is None:
+        try:
+            phrase = http.HTTPStatus(resp.status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        prefix = (f"HTTP/1.1 {resp.status} {phrase}\r\nContent-Type: {resp.content_type}\r\n"
+                  "Cache-Control: no-cache, private\r\nContent-Length: ").encode("latin-1")
+        if len(_HEAD_PREFIX) < 256:
+            _HEAD_PREFIX[key] = prefix
+    extra = "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) if resp.headers else ""
     if not keep:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        extra += "Connection: close\r\n"
+    return b"%s%d\r\n%s\r\n" % (prefix, len(resp.body), extra.encode("latin-1"))
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(asyncio.BufferedProtocol):
     """One client connection: requests are answered in order; a watch owns it until done."""
 
     def __init__(self, srv: ApiServer) -> None:
         self.srv = srv
+        self._recv = srv._recv
         self.loop = asyncio.get_running_loop()
         assert srv.notifier is not None
         self.notifier = srv.notifier
@@ -206,7 +234,13 @@ class _Conn(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._recv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._recv[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.buf += data
         if self.busy:
             if len(self.buf) > _READ_LIMIT and self.transport is not None:
@@ -378,6 +412,7 @@ class ApiServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.notifier: _Notifier | None = None
         self._unpaused = asyncio.Event()
+        self._recv = memoryview(bytearray(_RECV_SIZE))
 
     # ---- lifecycle ----------------------------------------------------------------------
 

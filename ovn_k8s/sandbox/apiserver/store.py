@@ -446,17 +446,25 @@ class Store:
 
     def patch(self, rt: ResourceType, ns: str, name: str,
               apply: Callable[[dict[str, Any]], dict[str, Any]], *,
-              subresource: str = "", dry_run: bool = False) -> Stored:
-        """Apply `apply` (a patch function) to the current object and store the result."""
+              subresource: str = "", dry_run: bool = False, pure: bool = False) -> Stored:
+        """Apply `apply` (a patch function) to the current object and store the result.
+
+        `pure`: apply never edits its argument and returns new containers along every path
+        it changes (a JSON merge patch)."""
         with self.lock:
             self._check_type(rt)
             key = object_key(ns, name)
             cur = self.objects[rt.key].get(key)
             if cur is None:
                 raise errors.not_found(rt.group, rt.plural, name)
-            # Patch a private copy: strategies may then edit the result freely without
-            # touching the stored object, which history and other readers share.
-            body = apply(json.loads(cur.raw))
+            if pure and not rt.strategy.edits_nested:
+                # Neither the patch nor the strategy edits what they share with the stored
+                # object, so skip the full copy; the result only shares immutable parts.
+                body = apply(cur.obj)
+            else:
+                # Patch a private copy: strategies may then edit the result freely without
+                # touching the stored object, which history and other readers share.
+                body = apply(json.loads(cur.raw))
             if not isinstance(body, dict):
                 raise errors.bad_request("patched object is not a JSON object")
             meta = body.get("metadata")

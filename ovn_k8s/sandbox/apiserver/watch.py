@@ -10,6 +10,7 @@ ADDED.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,11 @@ class WatchStream:
         self.notifier = notifier
         self.dropped = False
         self.graceful = False
+        # One timer for the next bookmark or the deadline, re-armed only when that time
+        # changes, rather than a fresh timeout around every wait.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._fut: asyncio.Future[None] | None = None
 
     def drop(self, graceful: bool) -> None:
         """Loop thread (test hook); the stream ends at its next wake-up."""
@@ -89,10 +95,40 @@ class WatchStream:
                 out.append(self._line(b"DELETED", ev.deleted_view()))
         return out
 
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+
+    async def _wait(self, gen: int, until: float, now: float) -> None:
+        """Until a store write after notifier generation `gen`, or time `until`."""
+        fut = self.notifier.waiter(gen)
+        if fut is None:
+            return
+        if self._timer is None or self._timer_at != until:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = until
+            self._timer = self.notifier.loop.call_later(max(0.0, until - now), self._on_timer)
+        self._fut = fut
+        try:
+            await fut
+        finally:
+            self._fut = None
+
     async def run(self, write: Callable[[bytes], Awaitable[None]],
                   alive: Callable[[], bool]) -> bool:
         """Stream until timeout, drop or client loss. Returns True if the stream ended
         cleanly (the caller then sends the final chunk), False to abort the connection."""
+        try:
+            return await self._run(write, alive)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    async def _run(self, write: Callable[[bytes], Awaitable[None]],
+                   alive: Callable[[], bool]) -> bool:
         spec = self.spec
         store = self.store
         if spec.error is not None:
@@ -118,8 +154,9 @@ class WatchStream:
             await write(self._bookmark(cursor, initial_end=True))
         del initial
         while True:
-            # Take the event before reading history, so a write in between still wakes us.
-            wake = self.notifier.event
+            # Note the generation before reading history, so a write in between still
+            # wakes us.
+            gen = self.notifier.gen
             if self.dropped:
                 return self.graceful
             if not alive():
@@ -150,4 +187,4 @@ class WatchStream:
             if now >= deadline:
                 return True
             if not events:
-                await self.notifier.wait(wake, min(deadline, next_bm) - now)
+                await self._wait(gen, min(deadline, next_bm), now)
