@@ -208,8 +208,10 @@ def _remove(req: Request, ovs: Any, host: str, marks: list[tuple[str, float]],
         marks.append(("port", time.monotonic()))
 
         def rest(ipr: Any) -> None:
-            links.delete_with(ipr, host, netns, req.ifname)
-            _port_gone(ovs, host)
+            try:
+                links.delete_with(ipr, host, netns, req.ifname)
+            finally:
+                _port_gone(ovs, host)
 
         links.defer(host, rest)
         return

@@ -457,6 +457,24 @@ def test_failed_add_cleans_up(cluster):
     assert pod_links(pod) == {"lo", "eth0", "eth0p"}  # theirs, untouched
 
 
+def test_add_again_takes_over_its_own_leftovers(cluster):
+    """An ADD interrupted after the port was made, then retried for the same container
+    and interface: the retry replaces the veth, keeps the one OVS port (its interface
+    gets our keys again; keys others set stay, as with ovs-vsctl set) and wires the pod."""
+    c = cluster
+    pod = new_pod(c, "node1")
+    add(c, pod)
+    node = c.lab.node("node1")
+    node.vsctl("set", "Interface", pod.host_end, "external_ids:iface-id=stale",
+               "external_ids:other=kept")
+    assert_pod_wired(c, pod, add(c, pod))
+    assert len(node.vsctl("--bare", "--columns=_uuid", "find", "Port",
+                          f"name={pod.host_end}").split()) == 1
+    assert iface_ids(c, "node1", pod.host_end)["other"] == "kept"
+    delete(c, pod)
+    assert_gone(c, pod)
+
+
 def _snapshot(c: Cluster, pod: Pod) -> tuple:
     lsps = c.lab.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split()
     ifaces = c.lab.node(pod.node).vsctl("--bare", "--columns=name,external_ids", "list",
