@@ -23,6 +23,8 @@ from pathlib import Path
 
 from kubernetes import client
 
+from ovn_k8s.sandbox.lab import read_db_log
+
 sys.path.insert(0, str(Path(__file__).parent))
 from apiserver import print_table  # bench/apiserver.py
 from services import endpoint_ip, slice_body  # bench/services.py
@@ -86,24 +88,15 @@ def settle(db: Path, quiet: float = 3.0) -> int:
 
 
 def writes_since(db: Path, offset: int) -> tuple[int, int, list[str]]:
-    """NB transactions appended after ``offset``: (count, bytes, what each touched).
-
-    The file is a log of records, each a ``OVSDB JSON <length> <sha1>`` line and then
-    that many bytes of JSON naming the tables and columns it changed.
-    """
-    data = db.read_bytes()[offset:]
-    count, touched, pos = 0, [], 0
-    while pos < len(data):
-        header_end = data.index(b"\n", pos)
-        length = int(data[pos:header_end].split()[2])
-        record = json.loads(data[header_end + 1:header_end + 1 + length])
-        pos = header_end + 1 + length + 1
-        count += 1
+    """NB transactions appended after ``offset``: (count, bytes, what each touched)."""
+    records = read_db_log(db, offset)
+    touched = []
+    for record in records:
         for table, rows in record.items():
             if not table.startswith("_"):
                 cols = sorted({c for row in rows.values() if row for c in row})
                 touched.append(f"{table}({','.join(cols)})")
-    return count, len(data), touched
+    return len(records), db.stat().st_size - offset, touched
 
 
 def main() -> int:

@@ -239,10 +239,11 @@ def configure_pod(netns_path: str, ifname: str, net: PodNetwork, routes: Iterabl
 def delete(host_name: str, netns_path: str | None, ifname: str) -> None:
     """Remove the pair, whichever ends are left; nothing left is fine (DEL is idempotent)."""
     with _host() as ipr:
-        _delete(ipr, host_name, netns_path, ifname)
+        delete_with(ipr, host_name, netns_path, ifname)
 
 
-def _delete(ipr: IPRoute, host_name: str, netns_path: str | None, ifname: str) -> None:
+def delete_with(ipr: IPRoute, host_name: str, netns_path: str | None, ifname: str) -> None:
+    """:func:`delete` on the netlink socket ``ipr`` (deferred work's, say)."""
     try:
         ipr.link("del", ifname=host_name)  # takes the pod end with it
         return
@@ -304,11 +305,6 @@ def defer(name: str, work: Callable[[IPRoute], None]) -> None:
         _run_deferred(name, work, done)
     else:
         held.append((name, work, done))
-
-
-def delete_with(ipr: IPRoute, host_name: str, netns_path: str | None, ifname: str) -> None:
-    """:func:`delete` on the netlink socket ``ipr`` (deferred work's)."""
-    _delete(ipr, host_name, netns_path, ifname)
 
 
 def _run_deferred(name: str, fn: Callable[[IPRoute], None], done: threading.Event) -> None:

@@ -186,6 +186,23 @@ def write_db(path: Path, schema: Path, rows: dict[str, dict[str, dict[str, Any]]
         f.write(data)
 
 
+def read_db_log(path: Path, offset: int = 0) -> list[dict[str, Any]]:
+    """The records of an OVSDB file (the log format :func:`write_db` writes) from byte
+    ``offset``: what each transaction appended since a moment wrote."""
+    data = path.read_bytes()[offset:]
+    records, pos = [], 0
+    while pos < len(data):
+        header_end = data.index(b"\n", pos)
+        length = int(data[pos:header_end].split()[2])
+        records.append(json.loads(data[header_end + 1:header_end + 1 + length]))
+        # ovsdb-server's length leaves out the newline after the record; write_db's
+        # counts it.
+        pos = header_end + 1 + length
+        while data[pos:pos + 1] == b"\n":
+            pos += 1
+    return records
+
+
 def _which(name: str) -> str | None:
     if name.startswith("/"):
         return name if os.path.exists(name) else None

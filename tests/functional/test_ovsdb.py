@@ -1,12 +1,12 @@
 """The OVSDB facade against the lab's real OVN NB, SB and node Open_vSwitch databases."""
 
-import json
 import time
 
 import netaddr
 import pytest
 
 from ovn_k8s import ovsdb, translate
+from ovn_k8s.sandbox.lab import read_db_log
 
 pytestmark = pytest.mark.lab
 
@@ -135,19 +135,6 @@ def test_raw_transact_writes_atomically_and_survives_a_restart(lab, nb):
     nb.execute(nb.api.ls_del("raw-sw2"), nb.api.ls_del("raw-sw3"))
 
 
-def _nb_records_since(lab, offset: int) -> list[dict]:
-    """The transactions appended to NB's file (a log of ``OVSDB JSON <len> <sha1>``
-    lines, each followed by that many bytes of JSON) after ``offset``."""
-    data = (lab.central_dir / "nb.db").read_bytes()[offset:]
-    records, pos = [], 0
-    while pos < len(data):
-        end = data.index(b"\n", pos)
-        length = int(data[pos:end].split()[2])
-        records.append(json.loads(data[end + 1:end + 1 + length]))
-        pos = end + 1 + length + 1
-    return records
-
-
 def test_new_pod_ports_are_not_written_again_by_northd(lab, nb):
     """ovn-northd sets `up` on every port whose value differs from what it computes:
     ports inserted with up=false (unclaimed) cost it no second NB transaction."""
@@ -162,7 +149,7 @@ def test_new_pod_ports_are_not_written_again_by_northd(lab, nb):
     nb.transact(translate.new_pod_ports_ops(ports, switches))
     lab.sync()  # northd has processed them (and the nb_cfg bump is a record of its own)
     time.sleep(0.5)
-    touched = [rows for record in _nb_records_since(lab, offset)
+    touched = [rows for record in read_db_log(lab.central_dir / "nb.db", offset)
                for table, rows in record.items() if table == "Logical_Switch_Port"]
     assert len(touched) == 1, touched  # ours, and nothing after it
     assert lab.nbctl("get", "Logical_Switch_Port", "ns_up-0", "up").strip() == "false"

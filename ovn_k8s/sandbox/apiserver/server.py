@@ -172,7 +172,7 @@ def _parse(buf: bytearray) -> tuple[Request, bool, int] | None:
     return Request(method.upper(), path, qs, headers, body), keep, pos
 
 
-# (status, content type, keep-alive) -> the head up to the Content-Length value: every
+# (status, content type) -> the head up to the Content-Length value: every
 # ordinary reply has one of a handful of these, so build each once.
 _HEAD_PREFIX: dict[tuple[int, str], bytes] = {}
 
