@@ -6,16 +6,19 @@ A lab of its own (central + 2 nodes; pods on node1), the Kubernetes API emulator
 every pod already annotated, one LSP per pod. Four figures per operation:
 
 * ``binary``: the installed plugin (what ``ovn-k8s-overlay minion-init`` puts in the
-  CNI bin directory: this venv's Python with ``-I -S``, see ovn_k8s.cni.install) run as
-  kubelet on the node runs it: a new process per call, started by a thread that has
-  joined the node's netns (kubelet lives in the host's; ``ip netns exec`` would add
-  ~3 ms of mount-namespace set-up per call that no node pays), wall time per call,
-  with no node daemon: every call does the work itself (the fallback);
+  CNI bin directory: the compiled front where a C compiler is, see ovn_k8s.cni.install)
+  run as kubelet on the node runs it: a new process per call, started by a thread that
+  has joined the node's netns (kubelet lives in the host's; ``ip netns exec`` would
+  add ~3 ms of mount-namespace set-up per call that no node pays), wall time per call,
+  with no node daemon: every call does the work itself (the fallback: the front execs
+  the Python plugin);
 * ``daemon binary``: the same, with ``ovn-k8s-cni-overlay daemon`` running on the
   node: the plugin process only forwards the call over the daemon's socket;
+* ``daemon python front``: the baseline, the Python front (this venv's Python with
+  ``-I -S``) in the same place, its calls alternating with the compiled front's;
 * ``daemon socket``: the front's forwarding function called in this process (no new
-  process per call): the daemon's own service time, without interpreter start-up;
-* ``front start``: the installed plugin with ``--help`` (interpreter start and the
+  process per call): the daemon's own service time, without any process start;
+* ``Python front start``: the Python front with ``--help`` (interpreter start and the
   front's imports, nothing else), started the same way;
 * ``launch``: ``/bin/true`` started the same way: what starting any process costs;
 * ``in-process``: the same ADD/DEL code called in a loop in one warm process on the
@@ -136,47 +139,51 @@ def daemon_steps(log: Path) -> dict[str, dict[str, float]]:
     return {cmd: {k: statistics.median(v) for k, v in d.items()} for cmd, d in steps.items()}
 
 
-def with_daemon(node: Any, plugin: str, kubeconfig: str, work: Path, calls: list[dict],
-                direct: list[dict], config: dict) -> tuple[dict[str, dict[str, float]], dict]:
-    """ADD then DEL every call through the binary while the node daemon serves them,
-    then the ``direct`` calls straight over the socket from this process."""
+def with_daemon(node: Any, plugins: dict[str, str], kubeconfig: str, work: Path,
+                calls: dict[str, list[dict]], direct: list[dict],
+                config: dict) -> tuple[dict[str, dict[str, float]], dict]:
+    """ADD then DEL every call through each plugin binary while the node daemon serves
+    them (the fronts alternate call by call, so the VM's drift hits both alike), then
+    the ``direct`` calls straight over the socket from this process."""
     from ovn_k8s.cmd import cni as front  # noqa: PLC0415
 
     log = work / "daemon.log"
-    started = node.exec([plugin, "daemon", "--node-name", "node1", "--kubeconfig", kubeconfig,
-                         "--pidfile", "--detach", "--no-chdir", f"--log-file={log}",
-                         "-vconsole:off", "-vfile:info"], timeout=60)
+    started = node.exec([next(iter(plugins.values())), "daemon", "--node-name", "node1",
+                         "--kubeconfig", kubeconfig, "--pidfile", "--detach", "--no-chdir",
+                         f"--log-file={log}", "-vconsole:off", "-vfile:info"], timeout=60)
     if started.returncode != 0:
         raise RuntimeError(f"the CNI daemon did not start: {started.stderr}")
     pid = int((Path(node.env["OVS_RUNDIR"]) / "ovn-k8s-cni-overlay.pid").read_text().split()[0])
-    timings: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    timings: dict[str, list[float]] = {}
     cpu: dict[str, float] = {}
     try:
         for command in ("ADD", "DEL"):
-            daemon_cpu, children_cpu = _cpu_of(pid), _children_cpu()
-            for call in calls:
-                timings[command].append(run_binary(node, plugin, call, command, config))
-            cpu[f"{command} daemon"] = (_cpu_of(pid) - daemon_cpu) / len(calls)
-            cpu[f"{command} plugin process"] = (_children_cpu() - children_cpu) / len(calls)
+            daemon_cpu = _cpu_of(pid)
+            for i in range(len(direct)):
+                for name, plugin in plugins.items():
+                    children_cpu = _children_cpu()
+                    timings.setdefault(f"{name} {command}", []).append(
+                        run_binary(node, plugin, calls[name][i], command, config))
+                    key = f"{command} plugin process, {name}"
+                    cpu[key] = cpu.get(key, 0.0) + (_children_cpu() - children_cpu) / len(direct)
+            cpu[f"{command} daemon"] = (_cpu_of(pid) - daemon_cpu) / len(direct) / len(plugins)
         conf = json.dumps(config).encode()
         for command in ("ADD", "DEL"):
             for call in direct:
                 env = {**cni_env(call, command), **node.env}
                 start = time.perf_counter()
                 answer = front.via_daemon(env, conf)
-                timings[f"socket {command}"] = [*timings.get(f"socket {command}", []),
-                                                time.perf_counter() - start]
+                timings.setdefault(f"socket {command}", []).append(time.perf_counter() - start)
                 if answer is None or answer[0] != 0:
                     raise RuntimeError(f"{command} over the socket failed: {answer}")
         status = json.loads(node.exec(["ovs-appctl", "-t", "ovn-k8s-cni-overlay", "status"],
                                       timeout=15).stdout)
-        served = status["requests"].get("ADD-ok", 0)
-        if served != len(calls) + len(direct):
-            raise RuntimeError(f"the daemon served {served} ADDs of {len(calls) + len(direct)}")
+        served, expected = status["requests"].get("ADD-ok", 0), len(direct) * (len(plugins) + 1)
+        if served != expected:
+            raise RuntimeError(f"the daemon served {served} ADDs of {expected}")
     finally:
         node.exec(["ovs-appctl", "-t", "ovn-k8s-cni-overlay", "exit"], timeout=15)
-    results = {(f"daemon {k}" if k.startswith("socket") else f"daemon binary {k}"): stats(v)
-               for k, v in timings.items()}
+    results = {f"daemon {k}": stats(v) for k, v in timings.items()}
     return results, {"steps": daemon_steps(log), "cpu": cpu}
 
 
@@ -244,25 +251,29 @@ def main() -> int:
             return calls
 
         results: dict[str, dict[str, float]] = {}
-        # The plugin as minion-init installs it for the runtime.
+        # The plugin as minion-init installs it for the runtime (the compiled front
+        # where a C compiler is), and the Python front as the baseline.
         cni_install.install(work / "net.d", work / "cni-bin", 1400)
+        cni_install.install(work / "py.d", work / "py-bin", 1400, front="python")
         plugin = str(work / "cni-bin" / cni_install.PLUGIN)
+        python_front = str(work / "py-bin" / cni_install.PLUGIN)
         # Through the binary, one process per call.
         timings: dict[str, list[float]] = {"ADD": [], "DEL": [], "front": [], "launch": []}
         calls = make_calls(0)
         for command in ("ADD", "DEL"):
             for call in calls:
                 timings[command].append(run_binary(node, plugin, call, command, config))
-        for argv, key in (([plugin, "--help"], "front"), (["/bin/true"], "launch")):
+        for argv, key in (([python_front, "--help"], "front"), (["/bin/true"], "launch")):
             for _ in calls:
                 timings[key].append(on_node(node, argv)[0])
-        names = {"front": "front start (--help)", "launch": "launch (/bin/true)"}
+        names = {"front": "Python front start (--help)", "launch": "launch (/bin/true)"}
         for k, v in timings.items():
             results[names.get(k, f"binary {k}")] = stats(v)
 
-        # Through the binary again, with the node daemon up (detached, as systemd runs it).
-        with_results, breakdown = with_daemon(node, plugin, kubeconfig, work, make_calls(2),
-                                              make_calls(3), config)
+        # Through the binaries again, with the node daemon up (detached, as systemd runs it).
+        with_results, breakdown = with_daemon(
+            node, {"binary": plugin, "python front": python_front}, kubeconfig, work,
+            {"binary": make_calls(2), "python front": make_calls(4)}, make_calls(3), config)
         results.update(with_results)
 
         # In one warm process on the node: the first call pays the imports, drop it.
@@ -300,9 +311,10 @@ def main() -> int:
         print(f"daemon {command} steps, median ms: "
               + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
     for what, seconds in breakdown["cpu"].items():
-        print(f"CPU per {what.split()[0]}, {what.split(' ', 1)[1]}: {seconds * 1000:.1f} ms")
+        command, _, whose = what.partition(" ")
+        print(f"CPU per {command}, {whose}: {seconds * 1000:.1f} ms")
     print()
-    for row in ("binary", "daemon binary"):
+    for row in ("binary", "daemon binary", "daemon python front"):
         for target, limit in TARGETS.items():
             op, q = target.split()
             got = results[f"{row} {op}"][q]

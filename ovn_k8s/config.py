@@ -19,6 +19,7 @@ DEFAULTS: dict[str, str] = {
     "mtu": "1400",
     "cni_conf_dir": "/etc/cni/net.d",
     "cni_bin_dir": "/opt/cni/bin",
+    "cni_front": "auto",
     "join_subnet": "100.64.0.0/16",
     "host_prefix": "24",
 }

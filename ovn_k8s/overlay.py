@@ -83,8 +83,10 @@ def minion_init(
     *,
     cni_conf_dir: Path,
     cni_bin_dir: Path,
+    cni_front: str = "auto",
 ) -> None:
-    """A node's switch and management port, and the CNI config and plugin."""
+    """A node's switch and management port, and the CNI config and plugin (``cni_front``:
+    see ovn_k8s.cni.install.FRONTS)."""
     _check_node_subnet(cluster, spec)
     _require_cluster_router(nb)
     _check_subnet_free(nb, spec)
@@ -93,7 +95,7 @@ def minion_init(
         ovs, node=spec.node, subnet=spec.subnet, cluster_subnets=cluster.cluster_subnets,
         mtu=spec.mtu,
     )
-    for path in cni_install.install(cni_conf_dir, cni_bin_dir, spec.mtu):
+    for path in cni_install.install(cni_conf_dir, cni_bin_dir, spec.mtu, front=cni_front):
         LOG.info("wrote %s", path)
 
 

@@ -11,7 +11,9 @@ answer to stdout; the daemon checks it with the same code (ovn_k8s.cni.spec) bef
 touching the host. Every millisecond this process spends starting is paid per pod,
 so that path imports only ``posix``, ``sys`` and ``_socket``: not even ``os`` (~4 ms
 of a ~17 ms start here, with ``-S``) or ``json`` (~20 ms, through ``re`` and ``enum``).
-The plugin installed for the runtime (ovn_k8s.cni.install) also starts Python with
+The plugin installed for the runtime (ovn_k8s.cni.install) is, where a C compiler
+is, a compiled front (ovn_k8s/cni/front.c) that forwards the call the same way and
+execs this module for everything else; otherwise a script that starts Python with
 ``-I -S`` (no site, no .pth files, no editable-install finder); the site is loaded
 only when this process does the work itself. Without a daemon (no socket, or nobody
 accepting on it) it checks the call and does the work itself, with the same results
@@ -48,6 +50,9 @@ DAEMON_MARGIN = 30.0
 # Until the daemon has checked the call and named its bound.
 CHECK_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 2.0
+# The compiled front (ovn_k8s/cni/front.c) runs this process with this argument, the
+# socket and what went wrong, when the daemon took a call and did not answer it.
+DAEMON_FAILED = "daemon-failed"
 
 
 def _full_python() -> None:
@@ -112,14 +117,19 @@ def via_daemon(environ: Mapping[str, str], stdin: bytes) -> tuple[int, bytes] | 
                 raise ValueError(f"no exit status in the answer ({len(data)} bytes)")
             return int(line[5:]), out
         except (OSError, ValueError) as e:
-            from ovn_k8s.cni import spec  # noqa: PLC0415
-
-            err = spec.CniError(spec.TRY_AGAIN_LATER,
-                                f"the node's CNI daemon ({path}) did not answer",
-                                details=f"{type(e).__name__}: {e}")
-            return 1, wire.stdout_bytes(err.to_json(spec.version_of(stdin)))
+            return daemon_failed(path, f"{type(e).__name__}: {e}", stdin)
     finally:
         sock.close()
+
+
+def daemon_failed(path: str, details: str, stdin: bytes) -> tuple[int, bytes]:
+    """Error 11 (exit status, bytes for stdout): the daemon on ``path`` took the call
+    and did not answer it."""
+    from ovn_k8s.cni import spec  # noqa: PLC0415
+
+    err = spec.CniError(spec.TRY_AGAIN_LATER, f"the node's CNI daemon ({path}) did not answer",
+                        details=details)
+    return 1, wire.stdout_bytes(err.to_json(spec.version_of(stdin)))
 
 
 def _setup_logging(req: spec.Request) -> None:
@@ -208,7 +218,10 @@ def main() -> None:
     # Without CNI_COMMAND nobody is feeding stdin: do not block on it.
     environ = _environ()
     data = sys.stdin.buffer.read() if environ.get("CNI_COMMAND") else b""
-    answer = via_daemon(environ, data)
+    if len(sys.argv) == 4 and sys.argv[1] == DAEMON_FAILED:
+        answer: tuple[int, bytes] | None = daemon_failed(sys.argv[2], sys.argv[3], data)
+    else:
+        answer = via_daemon(environ, data)
     if answer is None:
         _full_python()
         status, doc = run(environ, data)

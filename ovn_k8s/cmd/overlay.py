@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ovn_k8s import config, ipam, overlay, ovsdb, topology
+from ovn_k8s.cni import install as cni_install
 from ovn_k8s.host import ovs as host_ovs
 from ovn_k8s.host.links import HostError
 
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds to wait for the node subnet annotation (default 300)")
     minion.add_argument("--cni-conf-dir", help="default /etc/cni/net.d")
     minion.add_argument("--cni-bin-dir", help="default /opt/cni/bin")
+    minion.add_argument("--cni-front",
+                        help="the plugin kubelet runs: c (compiled here, forwards calls to the "
+                             "node daemon in ~1 ms), python, or auto (default: c when a C "
+                             "compiler is present)")
     gateway = sub.add_parser("gateway-init", parents=[common], help="GR_<node> and ext_<node>")
     phys = gateway.add_mutually_exclusive_group(required=True)
     phys.add_argument("--physical-interface", help="NIC mode: a NIC given to OVN whole")
@@ -67,6 +72,8 @@ def _run(args: argparse.Namespace) -> None:
     )
     topology.check_node_name(args.node_name)
     mtu = settings.integer("mtu", 576, 65535) if args.command != "gateway-init" else 0
+    if args.command == "minion-init" and settings.require("cni_front") not in cni_install.FRONTS:
+        raise ValueError(f"--cni-front must be one of {', '.join(cni_install.FRONTS)}")
     spec = None
     if args.command == "master-init":
         spec = overlay.NodeSpec(node=args.node_name, mtu=mtu, subnet=ipam.parse_network(
@@ -109,6 +116,7 @@ def _run(args: argparse.Namespace) -> None:
                 nb, ovs, cluster, spec,
                 cni_conf_dir=Path(settings.require("cni_conf_dir")),
                 cni_bin_dir=Path(settings.require("cni_bin_dir")),
+                cni_front=settings.require("cni_front"),
             )
         else:
             overlay.gateway_init(nb, ovs, cluster, gw_spec)
@@ -124,6 +132,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(args)
     except (ValueError, config.ConfigError, overlay.SetupError, HostError,
-            ovsdb.OvsdbError, OSError) as e:
+            ovsdb.OvsdbError, OSError, cni_install.InstallError) as e:
         sys.stderr.write(f"ovn-k8s-overlay {args.command}: error: {e}\n")
         sys.exit(1)

@@ -139,8 +139,9 @@ def config(c: Cluster, version: str = "1.0.0", **extra: object) -> dict:
 
 def cni(c: Cluster, pod: Pod, command: str, conf: dict | None = None,
         env: dict[str, str | None] | None = None, stdin: str | None = None,
-        plugin: str = PLUGIN) -> tuple[int, dict | None, str]:
-    """Run the plugin on the pod's node: (exit status, JSON on stdout or None, stderr)."""
+        plugin: str | None = None) -> tuple[int, dict | None, str]:
+    """Run the plugin (default: PLUGIN, as it is when called) on the pod's node:
+    (exit status, JSON on stdout or None, stderr)."""
     variables: dict[str, str | None] = {
         "CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.path,
         "CNI_IFNAME": pod.ifname, "CNI_PATH": "/opt/cni/bin",
@@ -151,7 +152,8 @@ def cni(c: Cluster, pod: Pod, command: str, conf: dict | None = None,
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CNI_")}
     try:
         proc = c.lab.node(pod.node).exec(
-            [plugin], timeout=60, env={k: v for k, v in variables.items() if v is not None},
+            [plugin or PLUGIN], timeout=60,
+            env={k: v for k, v in variables.items() if v is not None},
             input=stdin if stdin is not None else json.dumps(conf or config(c)))
     finally:
         os.environ.update(saved)
@@ -547,13 +549,15 @@ def test_parallel_adds_on_one_node(cluster):
         assert_gone(c, pod)
 
 
-def test_installed_plugin_with_the_installed_conflist(cluster, tmp_path):
+@pytest.mark.parametrize("front", ["c", "python"])
+def test_installed_plugin_with_the_installed_conflist(cluster, tmp_path, front):
     """As minion-init installs it (ovn_k8s.cni.install), with the conflist's entry as a
-    runtime hands it over; no kubeconfig there, so the lineage's external_ids are used."""
+    runtime hands it over; no kubeconfig there, so the lineage's external_ids are used.
+    No daemon here: either front has the Python plugin do the work in-process."""
     c = cluster
     pod = new_pod(c, "node1")
     conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
-    cni_install.install(conf_dir, bin_dir, MTU)
+    cni_install.install(conf_dir, bin_dir, MTU, front=front)
     conflist = json.loads((conf_dir / cni_install.CONFLIST).read_text())
     # libcni gives each entry the list's cniVersion and name.
     entry = {**conflist["plugins"][0], "cniVersion": conflist["cniVersion"],

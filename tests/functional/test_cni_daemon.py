@@ -1,8 +1,9 @@
 """The CNI plugin through its node daemon (`ovn-k8s-cni-overlay daemon`), on the lab.
 
 The daemon runs detached in each node's netns, as the systemd unit runs it; the
-plugin is still the bin/ launcher run per call. The scenarios of test_cni.py are
-reused as they are (their helpers and bodies), with the daemon up; the daemon's
+plugin run per call (and to start the daemon) is the compiled front, as minion-init
+installs it where a C compiler is (ovn_k8s.cni.install). The scenarios of test_cni.py
+are reused as they are (their helpers and bodies), with the daemon up; the daemon's
 ``status`` counts prove the calls went through it and not the in-process fallback.
 """
 
@@ -20,6 +21,7 @@ import pytest
 import test_cni as base
 from test_cni import Cluster, cluster  # noqa: F401 - the module's fixture, reused
 
+from ovn_k8s.cni import install
 from ovn_k8s.sandbox.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -83,7 +85,10 @@ def stop_daemon(c: Cluster, node: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def daemons(cluster: Cluster) -> Iterator[Cluster]:  # noqa: F811
+def daemons(cluster: Cluster, tmp_path_factory) -> Iterator[Cluster]:  # noqa: F811
+    bin_dir = tmp_path_factory.mktemp("cni-bin")
+    install.install(bin_dir.parent / "net.d", bin_dir, base.MTU, front="c")
+    launcher, base.PLUGIN = base.PLUGIN, str(bin_dir / install.PLUGIN)
     try:
         for node in NODES:
             start_daemon(cluster, node)
@@ -91,6 +96,7 @@ def daemons(cluster: Cluster) -> Iterator[Cluster]:  # noqa: F811
     finally:
         for node in NODES:
             stop_daemon(cluster, node)
+        base.PLUGIN = launcher
 
 
 def counts(c: Cluster, node: str) -> dict[str, int]:

@@ -100,6 +100,7 @@ def test_cni_config_and_plugin_installed(cluster):
     assert conf["cniVersion"] == "1.0.0"
     plugin = cni / "bin" / "ovn-k8s-cni-overlay"
     assert plugin.is_file() and os.access(plugin, os.X_OK)
+    assert plugin.read_bytes().startswith(b"\x7fELF")  # the compiled front: cc is here
 
 
 def test_second_run_changes_nothing(lab, cluster):
@@ -124,6 +125,8 @@ def test_second_run_changes_nothing(lab, cluster):
          "not a valid Kubernetes node name"),
         (["--minion-switch-subnet", "10.128.9.0/24", "--node-name", "node3", "--mtu", "9"],
          "--mtu"),
+        (["--minion-switch-subnet", "10.128.9.0/24", "--node-name", "node3",
+          "--cni-front", "go"], "--cni-front must be one of auto, c, python"),
     ],
 )
 def test_bad_input_is_refused_and_changes_nothing(lab, cluster, args, message):

@@ -229,25 +229,3 @@ def test_front_imports_only_the_stdlib(flags):
         "ovn_k8s", "ovn_k8s.cmd", "ovn_k8s.cmd.cni", "ovn_k8s.cni", "ovn_k8s.cni.wire"}
     assert not added & {"logging", "ipaddress", "dataclasses", "pyroute2", "ovs", "kubernetes",
                         "ovsdbapp", "urllib3", "socket", "typing", "json", "re", "enum", "os"}
-
-
-def test_installed_plugin_starts_without_site_and_falls_back_in_process(tmp_path):
-    """The script minion-init installs: -I -S, and without a daemon the site is loaded
-    for the in-process work (here: VERSION, and a call refused for its netns)."""
-    import subprocess  # noqa: PLC0415
-
-    from ovn_k8s.cni import install  # noqa: PLC0415
-
-    install.install(tmp_path / "net.d", tmp_path / "bin", 1400)
-    plugin = tmp_path / "bin" / install.PLUGIN
-    assert plugin.read_text().splitlines()[0].endswith(" -IS")
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OVS_RUNDIR": str(tmp_path)}
-    proc = subprocess.run([str(plugin)], input=b"", env={**base, "CNI_COMMAND": "VERSION"},
-                          capture_output=True, timeout=60, check=False)
-    assert (proc.returncode, json.loads(proc.stdout)) == (0, spec.version_info())
-    conf = {"cniVersion": "1.0.0", "name": "n", "type": install.PLUGIN}
-    proc = subprocess.run([str(plugin)], input=json.dumps(conf).encode(),
-                          env={**base, **_env(str(tmp_path / "none"))}, capture_output=True,
-                          timeout=60, check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert json.loads(proc.stdout)["code"] == spec.INVALID_ENVIRONMENT

@@ -1,0 +1,333 @@
+/* ovn-k8s-cni-overlay's front, as ovn_k8s.cni.install compiles it for the runtime.
+ *
+ * Kubelet starts the plugin once per call, and with the node daemon up the plugin
+ * only forwards the call over the daemon's socket and copies the answer back
+ * (ovn_k8s.cni.wire). A Python process spends 11-20 ms here just starting, which
+ * is most of DEL's 25 ms budget; this does the forwarding in about a millisecond.
+ *
+ * Everything else is the Python plugin's (ovn_k8s.cmd.cni), which this execs with
+ * the same environment and arguments, stdin replayed when it was already read:
+ * any arguments (daemon, --help), commands other than ADD/DEL/CHECK (VERSION),
+ * no daemon accepting on the socket (it then does the work in-process), a config
+ * whose daemonSocket this scanner does not read as plainly as Python's json would,
+ * and the error document when the daemon took the call and did not answer it.
+ *
+ * install.py prepends the #defines below, taken from the Python side's values.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#if !defined(FRONT_PYTHON) || !defined(FRONT_BOOT) || !defined(FRONT_DEFAULT_RUNDIR) \
+    || !defined(FRONT_SOCKET_NAME) || !defined(FRONT_CHECK_TIMEOUT) \
+    || !defined(FRONT_DAEMON_MARGIN) || !defined(FRONT_DAEMON_FAILED)
+#error "compile through ovn_k8s.cni.install, which defines the FRONT_* values"
+#endif
+
+extern char **environ;
+
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+
+static void put(struct buf *b, const void *data, size_t len)
+{
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 8192;
+        while (cap < b->len + len)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown) {
+            fputs("ovn-k8s-cni-overlay: out of memory\n", stderr);
+            exit(1);
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+}
+
+static char *argv0;
+
+/* The Python plugin in this process's place; with `in`, its stdin is `in` again. */
+static void python(char **args, int nargs, const struct buf *in)
+{
+    if (in) {
+        int fd = memfd_create("cni-stdin", 0);
+        size_t done = 0;
+        while (fd >= 0 && done < in->len) {
+            ssize_t n = write(fd, in->data + done, in->len - done);
+            if (n < 0 && errno != EINTR)
+                break;
+            done += n > 0 ? (size_t)n : 0;
+        }
+        if (fd < 0 || done < in->len || lseek(fd, 0, SEEK_SET) || dup2(fd, 0) < 0) {
+            perror("ovn-k8s-cni-overlay: replaying stdin");
+            exit(1);
+        }
+        close(fd);
+    }
+    char **argv = calloc((size_t)nargs + 7, sizeof *argv);
+    if (!argv) {
+        fputs("ovn-k8s-cni-overlay: out of memory\n", stderr);
+        exit(1);
+    }
+    char *head[] = {FRONT_PYTHON, "-I", "-S", "-c", FRONT_BOOT, argv0};
+    memcpy(argv, head, sizeof head);
+    if (nargs)
+        memcpy(argv + 6, args, (size_t)nargs * sizeof *args);
+    execv(FRONT_PYTHON, argv);
+    fprintf(stderr, "ovn-k8s-cni-overlay: cannot run %s: %s\n", FRONT_PYTHON, strerror(errno));
+    exit(1);
+}
+
+static size_t skip_space(const char *p, size_t n, size_t i)
+{
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* The end of the JSON string whose body starts at `i` (the index of its closing
+ * quote, or n), and whether the body holds anything but printable ASCII without
+ * escapes: Python's json may read such a string differently from its bytes. */
+static size_t string_end(const char *p, size_t n, size_t i, int *unplain)
+{
+    *unplain = 0;
+    for (; i < n && p[i] != '"'; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c == '\\' || c < 0x20 || c >= 0x7f) {
+            *unplain = 1;
+            if (c == '\\')
+                i++;
+        }
+    }
+    return i;
+}
+
+/* The config's top-level "daemonSocket" as ovn_k8s.cmd.cni reads it: 1 with *path
+ * set, 0 for none (absent, not a string, empty: the default socket), -1 when only
+ * Python can tell (escapes or other than ASCII in a key or in the value, or not
+ * JSON as far as this scan sees). */
+static int config_socket(const struct buf *in, char **path)
+{
+    static const char key[] = "daemonSocket";
+    const char *p = in->data;
+    size_t n = in->len, i = 0;
+    int depth = 0, found = 0;
+
+    if (!n || !memmem(p, n, "\"daemonSocket\"", sizeof key + 1))
+        return 0;  /* as the Python front: without the key it does not parse */
+    while (i < n) {
+        if (p[i] == '{' || p[i] == '[') {
+            depth++;
+        } else if (p[i] == '}' || p[i] == ']') {
+            depth--;
+        } else if (p[i] == '"') {
+            int unplain;
+            size_t start = i + 1, end = string_end(p, n, start, &unplain);
+            if (end >= n)
+                break;
+            size_t after = skip_space(p, n, end + 1);
+            int is_key = depth == 1 && after < n && p[after] == ':';
+            i = end;
+            if (is_key && unplain) {
+                found = -1;
+            } else if (is_key && end - start == sizeof key - 1
+                       && !memcmp(p + start, key, sizeof key - 1)) {
+                size_t v = skip_space(p, n, after + 1);
+                free(*path);
+                *path = NULL;
+                found = 0;  /* the last one wins, as in Python's json */
+                if (v < n && p[v] == '"') {
+                    size_t vend = string_end(p, n, v + 1, &unplain);
+                    if (vend >= n)
+                        break;
+                    if (unplain)
+                        found = -1;
+                    else if (vend > v + 1 && (*path = strndup(p + v + 1, vend - v - 1)))
+                        found = 1;
+                    i = vend;
+                }
+            }
+        }
+        i++;
+    }
+    /* Cut short (a string or an object left open): Python's json refuses it, and
+     * the daemon it then goes to says why. */
+    return i < n || depth ? -1 : found;
+}
+
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000LL + t.tv_nsec / 1000000;
+}
+
+/* Wait up to `ms` for `events` on `fd`: 0 when ready, else errno (ETIMEDOUT). */
+static int ready(int fd, short events, long long ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = events};
+    long long deadline = now_ms() + ms;
+    for (;;) {
+        long long left = deadline - now_ms();
+        int r = poll(&pfd, 1, left > 0 ? (int)(left > 1 << 30 ? 1 << 30 : left) : 0);
+        if (r > 0)
+            return 0;
+        if (r == 0 && now_ms() >= deadline)
+            return ETIMEDOUT;
+        if (r < 0 && errno != EINTR)
+            return errno;
+    }
+}
+
+/* The exchange with the daemon once it accepted: 0 with *status and `out` set,
+ * else a description of what went wrong in `why`. */
+static int exchange(int sock, const struct buf *req, int *status, struct buf *out,
+                    char *why, size_t whylen)
+{
+    long long timeout = (long long)(FRONT_CHECK_TIMEOUT * 1000);
+    size_t sent = 0;
+    int err;
+    while (sent < req->len) {
+        ssize_t n = send(sock, req->data + sent, req->len - sent, MSG_NOSIGNAL);
+        if (n >= 0) {
+            sent += (size_t)n;
+        } else if (errno == EAGAIN) {
+            if ((err = ready(sock, POLLOUT, timeout)))
+                goto failed;
+        } else if (errno != EINTR) {
+            err = errno;
+            goto failed;
+        }
+    }
+    shutdown(sock, SHUT_WR);
+    for (;;) {
+        char chunk[65536];
+        ssize_t n = recv(sock, chunk, sizeof chunk, 0);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN) {
+                err = errno;
+                goto failed;
+            }
+            if ((err = ready(sock, POLLIN, timeout)))
+                goto failed;
+            continue;
+        }
+        put(out, chunk, (size_t)n);
+        /* Once the daemon has checked the call it says how long the work may take. */
+        char *nl;
+        while (out->len > 5 && !memcmp(out->data, "wait ", 5)
+               && (nl = memchr(out->data, '\n', out->len))) {
+            *nl = '\0';
+            timeout = (long long)((strtod(out->data + 5, NULL) + FRONT_DAEMON_MARGIN) * 1000);
+            out->len -= (size_t)(nl + 1 - out->data);
+            memmove(out->data, nl + 1, out->len);
+        }
+    }
+    char *nl = out->len > 5 ? memchr(out->data, '\n', out->len) : NULL;
+    if (!nl || memcmp(out->data, "exit ", 5)) {
+        snprintf(why, whylen, "ValueError: no exit status in the answer (%zu bytes)", out->len);
+        return -1;
+    }
+    *nl = '\0';
+    *status = atoi(out->data + 5);
+    out->len -= (size_t)(nl + 1 - out->data);
+    memmove(out->data, nl + 1, out->len);
+    return 0;
+failed:
+    snprintf(why, whylen, "%s: %s", err == ETIMEDOUT ? "TimeoutError" : "OSError",
+             err == ETIMEDOUT ? "timed out" : strerror(err));
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    argv0 = argv[0] ? argv[0] : "ovn-k8s-cni-overlay";
+    const char *command = getenv("CNI_COMMAND");
+    if (argc > 1 || !command
+        || (strcmp(command, "ADD") && strcmp(command, "DEL") && strcmp(command, "CHECK")))
+        python(argv + 1, argc - 1, NULL);
+
+    struct buf in = {0};
+    for (;;) {
+        char chunk[65536];
+        ssize_t n = read(0, chunk, sizeof chunk);
+        if (n == 0)
+            break;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            perror("ovn-k8s-cni-overlay: reading stdin");
+            return 1;
+        }
+        put(&in, chunk, (size_t)n);
+    }
+
+    char *path = NULL;
+    switch (config_socket(&in, &path)) {
+    case -1:
+        python(NULL, 0, &in);
+        break;
+    case 0: {
+        const char *rundir = getenv("OVS_RUNDIR");
+        if (!rundir || !*rundir)
+            rundir = FRONT_DEFAULT_RUNDIR;
+        const char *sep = rundir[strlen(rundir) - 1] == '/' ? "" : "/";
+        if (asprintf(&path, "%s%s%s", rundir, sep, FRONT_SOCKET_NAME) < 0)
+            path = NULL;
+        break;
+    }
+    }
+
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    /* A path too long for a socket has no daemon on it (Python's connect fails too). */
+    if (!path || strlen(path) >= sizeof addr.sun_path || sock < 0)
+        python(NULL, 0, &in);
+    memcpy(addr.sun_path, path, strlen(path) + 1);
+    /* Absent, refused, stale or its backlog full: no daemon takes the call. */
+    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
+        python(NULL, 0, &in);
+
+    struct buf req = {0};
+    put(&req, "CNI1", 4);
+    for (char **e = environ; *e; e++) {
+        if (!strncmp(*e, "CNI_", 4) && strchr(*e, '='))
+            put(&req, "", 1), put(&req, *e, strlen(*e));
+    }
+    put(&req, "\0\0", 2);
+    put(&req, in.data, in.len);
+
+    struct buf out = {0};
+    int status = 1;
+    char why[256];
+    if (exchange(sock, &req, &status, &out, why, sizeof why)) {
+        /* Never a second attempt in-process: the daemon may have done half the work
+         * (and undoes it); the runtime retries on the error Python writes. */
+        char *args[] = {FRONT_DAEMON_FAILED, path, why};
+        python(args, 3, &in);
+    }
+    for (size_t done = 0; done < out.len;) {
+        ssize_t n = write(1, out.data + done, out.len - done);
+        if (n < 0 && errno != EINTR)
+            return 1;
+        done += n > 0 ? (size_t)n : 0;
+    }
+    return status;
+}
