@@ -5,12 +5,16 @@
  * (ovn_k8s.cni.wire). A Python process spends 11-20 ms here just starting, which
  * is most of DEL's 25 ms budget; this does the forwarding in about a millisecond.
  *
- * Everything else is the Python plugin's (ovn_k8s.cmd.cni), which this execs with
- * the same environment and arguments, stdin replayed when it was already read:
- * any arguments (daemon, --help), commands other than ADD/DEL/CHECK (VERSION),
- * no daemon accepting on the socket (it then does the work in-process), a config
+ * VERSION it answers itself. Everything else is the Python plugin's
+ * (ovn_k8s.cmd.cni), which this execs with the same environment and arguments,
+ * stdin replayed when it was already read: any arguments (daemon, --help), no
+ * daemon accepting on the socket (it then does the work in-process), a config
  * whose daemonSocket this scanner does not read as plainly as Python's json would,
  * and the error document when the daemon took the call and did not answer it.
+ *
+ * So a host that cannot run that Python (the plugin installed from a container by
+ * the node DaemonSet) still has a working plugin while the daemon runs; when it
+ * would need Python, the call gets error 11 (try again later) saying why.
  *
  * install.py prepends the #defines below, taken from the Python side's values.
  */
@@ -28,7 +32,9 @@
 
 #if !defined(FRONT_PYTHON) || !defined(FRONT_BOOT) || !defined(FRONT_DEFAULT_RUNDIR) \
     || !defined(FRONT_SOCKET_NAME) || !defined(FRONT_CHECK_TIMEOUT) \
-    || !defined(FRONT_DAEMON_MARGIN) || !defined(FRONT_DAEMON_FAILED)
+    || !defined(FRONT_DAEMON_MARGIN) || !defined(FRONT_DAEMON_FAILED) \
+    || !defined(FRONT_VERSION_INFO) || !defined(FRONT_SUPPORTED_VERSIONS) \
+    || !defined(FRONT_CURRENT_VERSION)
 #error "compile through ovn_k8s.cni.install, which defines the FRONT_* values"
 #endif
 
@@ -57,40 +63,6 @@ static void put(struct buf *b, const void *data, size_t len)
     b->len += len;
 }
 
-static char *argv0;
-
-/* The Python plugin in this process's place; with `in`, its stdin is `in` again. */
-static void python(char **args, int nargs, const struct buf *in)
-{
-    if (in) {
-        int fd = memfd_create("cni-stdin", 0);
-        size_t done = 0;
-        while (fd >= 0 && done < in->len) {
-            ssize_t n = write(fd, in->data + done, in->len - done);
-            if (n < 0 && errno != EINTR)
-                break;
-            done += n > 0 ? (size_t)n : 0;
-        }
-        if (fd < 0 || done < in->len || lseek(fd, 0, SEEK_SET) || dup2(fd, 0) < 0) {
-            perror("ovn-k8s-cni-overlay: replaying stdin");
-            exit(1);
-        }
-        close(fd);
-    }
-    char **argv = calloc((size_t)nargs + 7, sizeof *argv);
-    if (!argv) {
-        fputs("ovn-k8s-cni-overlay: out of memory\n", stderr);
-        exit(1);
-    }
-    char *head[] = {FRONT_PYTHON, "-I", "-S", "-c", FRONT_BOOT, argv0};
-    memcpy(argv, head, sizeof head);
-    if (nargs)
-        memcpy(argv + 6, args, (size_t)nargs * sizeof *args);
-    execv(FRONT_PYTHON, argv);
-    fprintf(stderr, "ovn-k8s-cni-overlay: cannot run %s: %s\n", FRONT_PYTHON, strerror(errno));
-    exit(1);
-}
-
 static size_t skip_space(const char *p, size_t n, size_t i)
 {
     while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
@@ -115,19 +87,21 @@ static size_t string_end(const char *p, size_t n, size_t i, int *unplain)
     return i;
 }
 
-/* The config's top-level "daemonSocket" as ovn_k8s.cmd.cni reads it: 1 with *path
- * set, 0 for none (absent, not a string, empty: the default socket), -1 when only
- * Python can tell (escapes or other than ASCII in a key or in the value, or not
- * JSON as far as this scan sees). */
-static int config_socket(const struct buf *in, char **path)
+/* The config's top-level string `key` as Python's json reads it: 1 with *value set,
+ * 0 for none (absent, not a string, empty), -1 when only Python can tell (escapes
+ * or other than ASCII in a key or in the value, or not JSON as far as this scan
+ * sees). */
+static int top_level_string(const struct buf *in, const char *key, char **value)
 {
-    static const char key[] = "daemonSocket";
     const char *p = in->data;
-    size_t n = in->len, i = 0;
+    size_t n = in->len, i = 0, keylen = strlen(key);
     int depth = 0, found = 0;
+    char quoted[64];
 
-    if (!n || !memmem(p, n, "\"daemonSocket\"", sizeof key + 1))
-        return 0;  /* as the Python front: without the key it does not parse */
+    /* As the Python front for daemonSocket: without the quoted key it does not parse. */
+    snprintf(quoted, sizeof quoted, "\"%s\"", key);
+    if (!n || !memmem(p, n, quoted, keylen + 2))
+        return 0;
     while (i < n) {
         if (p[i] == '{' || p[i] == '[') {
             depth++;
@@ -143,11 +117,10 @@ static int config_socket(const struct buf *in, char **path)
             i = end;
             if (is_key && unplain) {
                 found = -1;
-            } else if (is_key && end - start == sizeof key - 1
-                       && !memcmp(p + start, key, sizeof key - 1)) {
+            } else if (is_key && end - start == keylen && !memcmp(p + start, key, keylen)) {
                 size_t v = skip_space(p, n, after + 1);
-                free(*path);
-                *path = NULL;
+                free(*value);
+                *value = NULL;
                 found = 0;  /* the last one wins, as in Python's json */
                 if (v < n && p[v] == '"') {
                     size_t vend = string_end(p, n, v + 1, &unplain);
@@ -155,7 +128,7 @@ static int config_socket(const struct buf *in, char **path)
                         break;
                     if (unplain)
                         found = -1;
-                    else if (vend > v + 1 && (*path = strndup(p + v + 1, vend - v - 1)))
+                    else if (vend > v + 1 && (*value = strndup(p + v + 1, vend - v - 1)))
                         found = 1;
                     i = vend;
                 }
@@ -167,6 +140,81 @@ static int config_socket(const struct buf *in, char **path)
      * the daemon it then goes to says why. */
     return i < n || depth ? -1 : found;
 }
+
+static char *argv0;
+
+static void json_string(const char *text)
+{
+    putchar('"');
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            printf("\\%c", *c);
+        else if (*c < 0x20)
+            printf("\\u%04x", *c);
+        else
+            putchar(*c);
+    }
+    putchar('"');
+}
+
+/* The cniVersion for an error document, as ovn_k8s.cni.spec.version_of picks it. */
+static const char *error_version(const struct buf *in)
+{
+    static const char *supported[] = {FRONT_SUPPORTED_VERSIONS};
+    char *version = NULL;
+    if (top_level_string(in, "cniVersion", &version) == 1) {
+        for (size_t i = 0; i < sizeof supported / sizeof *supported; i++) {
+            if (!strcmp(version, supported[i]))
+                return supported[i];
+        }
+    }
+    return FRONT_CURRENT_VERSION;
+}
+
+/* The Python plugin in this process's place; with `in` (a call's stdin, already
+ * read) its stdin is `in` again, and `why` says what it was needed for. */
+static void python(char **args, int nargs, const struct buf *in, const char *why)
+{
+    if (in) {
+        int fd = memfd_create("cni-stdin", 0);
+        size_t done = 0;
+        while (fd >= 0 && done < in->len) {
+            ssize_t n = write(fd, in->data + done, in->len - done);
+            if (n < 0 && errno != EINTR)
+                break;
+            done += n > 0 ? (size_t)n : 0;
+        }
+        if (fd < 0 || done < in->len || lseek(fd, 0, SEEK_SET) || dup2(fd, 0) < 0) {
+            perror("ovn-k8s-cni-overlay: replaying stdin");
+            exit(1);
+        }
+        close(fd);  /* not 0: stdin was open, it has just been read */
+    }
+    char **argv = calloc((size_t)nargs + 7, sizeof *argv);
+    if (!argv) {
+        fputs("ovn-k8s-cni-overlay: out of memory\n", stderr);
+        exit(1);
+    }
+    char *head[] = {FRONT_PYTHON, "-I", "-S", "-c", FRONT_BOOT, argv0};
+    memcpy(argv, head, sizeof head);
+    if (nargs)
+        memcpy(argv + 6, args, (size_t)nargs * sizeof *args);
+    execv(FRONT_PYTHON, argv);
+    const char *error = strerror(errno);
+    fprintf(stderr, "ovn-k8s-cni-overlay: cannot run %s: %s\n", FRONT_PYTHON, error);
+    if (in) {
+        /* The runtime reads stdout: a CNI error, which it retries. */
+        char *msg = NULL;
+        if (asprintf(&msg, "%s; and this host cannot run the plugin's Python (%s: %s)",
+                     why ? why : "the call needs the Python plugin", FRONT_PYTHON, error) < 0)
+            exit(1);
+        printf("{\"cniVersion\": \"%s\", \"code\": 11, \"msg\": ", error_version(in));
+        json_string(msg);
+        puts("}");
+    }
+    exit(1);
+}
+
 
 static long long now_ms(void)
 {
@@ -260,9 +308,10 @@ int main(int argc, char **argv)
 {
     argv0 = argv[0] ? argv[0] : "ovn-k8s-cni-overlay";
     const char *command = getenv("CNI_COMMAND");
-    if (argc > 1 || !command
-        || (strcmp(command, "ADD") && strcmp(command, "DEL") && strcmp(command, "CHECK")))
-        python(argv + 1, argc - 1, NULL);
+    int version = argc == 1 && command && !strcmp(command, "VERSION");
+    if (!version && (argc > 1 || !command || (strcmp(command, "ADD") && strcmp(command, "DEL")
+                                              && strcmp(command, "CHECK"))))
+        python(argv + 1, argc - 1, NULL, NULL);
 
     struct buf in = {0};
     for (;;) {
@@ -278,11 +327,15 @@ int main(int argc, char **argv)
         }
         put(&in, chunk, (size_t)n);
     }
+    if (version) {  /* read all the same: a runtime writing to a closed pipe would fail */
+        fputs(FRONT_VERSION_INFO, stdout);
+        return 0;
+    }
 
     char *path = NULL;
-    switch (config_socket(&in, &path)) {
+    switch (top_level_string(&in, "daemonSocket", &path)) {
     case -1:
-        python(NULL, 0, &in);
+        python(NULL, 0, &in, "the config's daemonSocket is one only Python reads");
         break;
     case 0: {
         const char *rundir = getenv("OVS_RUNDIR");
@@ -297,13 +350,16 @@ int main(int argc, char **argv)
 
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    char *absent = NULL;
+    if (asprintf(&absent, "no CNI daemon accepts calls on %s", path ? path : "?") < 0)
+        absent = NULL;
     /* A path too long for a socket has no daemon on it (Python's connect fails too). */
     if (!path || strlen(path) >= sizeof addr.sun_path || sock < 0)
-        python(NULL, 0, &in);
+        python(NULL, 0, &in, absent);
     memcpy(addr.sun_path, path, strlen(path) + 1);
     /* Absent, refused, stale or its backlog full: no daemon takes the call. */
     if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
-        python(NULL, 0, &in);
+        python(NULL, 0, &in, absent);
 
     struct buf req = {0};
     put(&req, "CNI1", 4);
@@ -321,7 +377,10 @@ int main(int argc, char **argv)
         /* Never a second attempt in-process: the daemon may have done half the work
          * (and undoes it); the runtime retries on the error Python writes. */
         char *args[] = {FRONT_DAEMON_FAILED, path, why};
-        python(args, 3, &in);
+        char *failed = NULL;
+        if (asprintf(&failed, "the node's CNI daemon (%s) did not answer (%s)", path, why) < 0)
+            failed = NULL;
+        python(args, 3, &in, failed);
     }
     for (size_t done = 0; done < out.len;) {
         ssize_t n = write(1, out.data + done, out.len - done);

@@ -97,6 +97,7 @@ def compiled_front(cc: str = "cc", python: str | None = None) -> bytes:
     Its constants are the Python front's (ovn_k8s.cmd.cni), so the two cannot drift.
     Raises InstallError with the compiler's message when it does not build."""
     from ovn_k8s.cmd import cni  # noqa: PLC0415
+    from ovn_k8s.cni import spec  # noqa: PLC0415
 
     defines = {
         "FRONT_PYTHON": _c_string(python or sys.executable),
@@ -106,6 +107,9 @@ def compiled_front(cc: str = "cc", python: str | None = None) -> bytes:
         "FRONT_DAEMON_FAILED": _c_string(cni.DAEMON_FAILED),
         "FRONT_CHECK_TIMEOUT": repr(float(cni.CHECK_TIMEOUT)),
         "FRONT_DAEMON_MARGIN": repr(float(cni.DAEMON_MARGIN)),
+        "FRONT_VERSION_INFO": _c_string(json.dumps(spec.version_info()) + "\n"),
+        "FRONT_SUPPORTED_VERSIONS": ", ".join(map(_c_string, spec.SUPPORTED_VERSIONS)),
+        "FRONT_CURRENT_VERSION": _c_string(spec.CURRENT_VERSION),
     }
     source = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     source += f'#line 1 "{FRONT_SOURCE.name}"\n' + FRONT_SOURCE.read_text()

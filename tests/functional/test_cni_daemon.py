@@ -144,6 +144,29 @@ def test_del_then_add_again_at_once(daemons):
     assert status(c.lab, "node1")["requests"].get("ADD-error", 0) == 0
 
 
+def test_plugin_installed_from_a_container_works_while_the_daemon_runs(daemons, tmp_path):
+    """The node DaemonSet installs the plugin from its container, so the host has no
+    such Python: with the daemon up, ADD, CHECK and DEL work all the same."""
+    c = daemons
+    plugin = tmp_path / install.PLUGIN
+    plugin.write_bytes(install.compiled_front(python="/nonexistent/bin/python3"))
+    plugin.chmod(0o755)
+    pod = base.new_pod(c, "node1")
+    before = counts(c, "node1")
+    status_, result, err = base.cni(c, pod, "ADD", plugin=str(plugin))
+    assert status_ == 0, err
+    base.assert_pod_wired(c, pod, result)
+    status_, out, err = base.cni(c, pod, "CHECK", base.config(c, prevResult=result),
+                                 plugin=str(plugin))
+    assert (status_, out) == (0, None), err
+    status_, out, err = base.cni(c, pod, "DEL", plugin=str(plugin))
+    assert (status_, out) == (0, None), err
+    base.assert_gone(c, pod)
+    after = counts(c, "node1")
+    for key in ("ADD-ok", "CHECK-ok", "DEL-ok"):
+        assert after.get(key, 0) == before.get(key, 0) + 1, (key, after)
+
+
 def test_annotation_arriving_late_through_the_cache(daemons):
     c = daemons
     before = counts(c, "node1").get("ADD-ok", 0)

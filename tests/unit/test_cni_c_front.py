@@ -191,6 +191,48 @@ def test_a_dropped_call_is_error_11_naming_the_socket(plugins, daemons, tmp_path
 
 
 @pytest.fixture(scope="module")
+def without_python(tmp_path_factory) -> Path:
+    """The C front installed from somewhere this host does not have (the node
+    DaemonSet writes it from its container into the host's CNI bin directory)."""
+    path = tmp_path_factory.mktemp("nopython") / install.PLUGIN
+    path.write_bytes(install.compiled_front(python="/nonexistent/bin/python3"))
+    path.chmod(0o755)
+    return path
+
+
+def test_c_front_needs_no_python_while_the_daemon_runs(without_python, daemons, tmp_path):
+    result = {"cniVersion": "1.0.0", "interfaces": []}
+    daemons(tmp_path / spec.DAEMON_SOCKET_NAME, lambda _: [wire.answer(0, result)])
+    proc = run(without_python, call_env(tmp_path), json.dumps(CONF).encode())
+    assert (proc.returncode, json.loads(proc.stdout)) == (0, result)
+    proc = run(without_python, {"CNI_COMMAND": "VERSION"}, b"{}")
+    assert (proc.returncode, proc.stdout) == (0, wire.stdout_bytes(spec.version_info()))
+
+
+def test_c_front_without_daemon_or_python_asks_to_try_again(without_python, daemons,
+                                                              tmp_path):
+    sock = tmp_path / spec.DAEMON_SOCKET_NAME
+    stdin = json.dumps({**CONF, "cniVersion": "0.3.1"}).encode()
+    proc = run(without_python, call_env(tmp_path, "DEL"), stdin)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {
+        "cniVersion": "0.3.1", "code": spec.TRY_AGAIN_LATER,
+        "msg": f"no CNI daemon accepts calls on {sock}; and this host cannot run the plugin's "
+               "Python (/nonexistent/bin/python3: No such file or directory)"}
+    assert b"cannot run /nonexistent/bin/python3" in proc.stderr
+    # A daemon that drops the call: said too, and the version falls back as spec's does.
+    daemons(sock, lambda _: None)
+    proc = run(without_python, call_env(tmp_path), b'{"cniVersion": "9.9", "name": "x\\"}')
+    doc = json.loads(proc.stdout)
+    assert (proc.returncode, doc["cniVersion"], doc["code"]) == (1, spec.CURRENT_VERSION, 11)
+    assert doc["msg"].startswith(f"the node's CNI daemon ({sock}) did not answer (ValueError: "
+                                 "no exit status in the answer (0 bytes)); and this host")
+    proc = run(without_python, {}, b"", ("--help",))
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    assert b"cannot run /nonexistent/bin/python3" in proc.stderr
+
+
+@pytest.fixture(scope="module")
 def quick_c_front(tmp_path_factory) -> Path:
     """The C front with 0.5 s bounds instead of 10 s and 30 s."""
     saved = cni_cmd.CHECK_TIMEOUT, cni_cmd.DAEMON_MARGIN
