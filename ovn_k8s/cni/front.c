@@ -47,6 +47,8 @@ struct buf {
 
 static void put(struct buf *b, const void *data, size_t len)
 {
+    if (!len)
+        return;
     if (b->len + len > b->cap) {
         size_t cap = b->cap ? b->cap : 8192;
         while (cap < b->len + len)
@@ -214,7 +216,6 @@ static void python(char **args, int nargs, const struct buf *in, const char *why
     }
     exit(1);
 }
-
 
 static long long now_ms(void)
 {
