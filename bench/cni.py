@@ -3,7 +3,7 @@
     sudo .venv/bin/python bench/cni.py [--pods 30] [--json]
 
 A lab of its own (central + 2 nodes; pods on node1), the Kubernetes API emulator with
-every pod already annotated, one LSP per pod. Four figures per operation:
+every pod already annotated, one LSP per pod. The figures per operation:
 
 * ``binary``: the installed plugin (what ``ovn-k8s-overlay minion-init`` puts in the
   CNI bin directory: the compiled front where a C compiler is, see ovn_k8s.cni.install)
@@ -159,14 +159,16 @@ def with_daemon(node: Any, plugins: dict[str, str], kubeconfig: str, work: Path,
     try:
         for command in ("ADD", "DEL"):
             daemon_cpu = _cpu_of(pid)
-            for i in range(len(direct)):
-                for name, plugin in plugins.items():
+            for each in zip(*(calls[name] for name in plugins), strict=True):
+                for (name, plugin), call in zip(plugins.items(), each, strict=True):
                     children_cpu = _children_cpu()
                     timings.setdefault(f"{name} {command}", []).append(
-                        run_binary(node, plugin, calls[name][i], command, config))
+                        run_binary(node, plugin, call, command, config))
                     key = f"{command} plugin process, {name}"
-                    cpu[key] = cpu.get(key, 0.0) + (_children_cpu() - children_cpu) / len(direct)
-            cpu[f"{command} daemon"] = (_cpu_of(pid) - daemon_cpu) / len(direct) / len(plugins)
+                    cpu[key] = cpu.get(key, 0.0) + _children_cpu() - children_cpu
+            for name in plugins:
+                cpu[f"{command} plugin process, {name}"] /= len(calls[name])
+            cpu[f"{command} daemon"] = (_cpu_of(pid) - daemon_cpu) / sum(map(len, calls.values()))
         conf = json.dumps(config).encode()
         for command in ("ADD", "DEL"):
             for call in direct:
@@ -178,7 +180,8 @@ def with_daemon(node: Any, plugins: dict[str, str], kubeconfig: str, work: Path,
                     raise RuntimeError(f"{command} over the socket failed: {answer}")
         status = json.loads(node.exec(["ovs-appctl", "-t", "ovn-k8s-cni-overlay", "status"],
                                       timeout=15).stdout)
-        served, expected = status["requests"].get("ADD-ok", 0), len(direct) * (len(plugins) + 1)
+        served = status["requests"].get("ADD-ok", 0)
+        expected = sum(map(len, calls.values())) + len(direct)
         if served != expected:
             raise RuntimeError(f"the daemon served {served} ADDs of {expected}")
     finally:

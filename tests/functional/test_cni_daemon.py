@@ -86,9 +86,9 @@ def stop_daemon(c: Cluster, node: str) -> None:
 
 @pytest.fixture(scope="module")
 def daemons(cluster: Cluster, tmp_path_factory) -> Iterator[Cluster]:  # noqa: F811
-    bin_dir = tmp_path_factory.mktemp("cni-bin")
-    install.install(bin_dir.parent / "net.d", bin_dir, base.MTU, front="c")
-    launcher, base.PLUGIN = base.PLUGIN, str(bin_dir / install.PLUGIN)
+    top = tmp_path_factory.mktemp("cni")
+    install.install(top / "net.d", top / "bin", base.MTU, front="c")
+    launcher, base.PLUGIN = base.PLUGIN, str(top / "bin" / install.PLUGIN)
     try:
         for node in NODES:
             start_daemon(cluster, node)
