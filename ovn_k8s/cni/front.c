@@ -175,7 +175,7 @@ static const char *error_version(const struct buf *in)
 
 /* The Python plugin in this process's place; with `in` (a call's stdin, already
  * read) its stdin is `in` again, and `why` says what it was needed for. */
-static void python(char **args, int nargs, const struct buf *in, const char *why)
+_Noreturn static void python(char **args, int nargs, const struct buf *in, const char *why)
 {
     if (in) {
         int fd = memfd_create("cni-stdin", 0);
@@ -215,6 +215,14 @@ static void python(char **args, int nargs, const struct buf *in, const char *why
         puts("}");
     }
     exit(1);
+}
+
+_Noreturn static void no_daemon(const char *path, const struct buf *in)
+{
+    char *why = NULL;
+    if (asprintf(&why, "no CNI daemon accepts calls on %s", path ? path : "?") < 0)
+        why = NULL;
+    python(NULL, 0, in, why);
 }
 
 static long long now_ms(void)
@@ -351,16 +359,13 @@ int main(int argc, char **argv)
 
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    char *absent = NULL;
-    if (asprintf(&absent, "no CNI daemon accepts calls on %s", path ? path : "?") < 0)
-        absent = NULL;
     /* A path too long for a socket has no daemon on it (Python's connect fails too). */
     if (!path || strlen(path) >= sizeof addr.sun_path || sock < 0)
-        python(NULL, 0, &in, absent);
+        no_daemon(path, &in);
     memcpy(addr.sun_path, path, strlen(path) + 1);
     /* Absent, refused, stale or its backlog full: no daemon takes the call. */
     if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
-        python(NULL, 0, &in, absent);
+        no_daemon(path, &in);
 
     struct buf req = {0};
     put(&req, "CNI1", 4);
