@@ -59,10 +59,16 @@ def start_daemon(c: Cluster, node: str, *flags: str) -> None:
     wait_serving(c, node)
 
 
-def wait_serving(c: Cluster, node: str) -> None:
+def wait_serving(c: Cluster, node: str, restarted: bool = False) -> None:
+    deadline = time.monotonic() + 20
+    # A monitor's restart gives no signal like --detach's: the new pidfile comes before
+    # the socket is bound. "status" is served only once it is.
+    while restarted and c.lab.node(node).exec(["ovs-appctl", "-t", NAME, "status"],
+                                              timeout=15).returncode != 0:
+        assert time.monotonic() < deadline, "the restarted daemon never served"
+        time.sleep(0.05)
     assert socket_path(c.lab, node).is_socket()
     assert os.stat(socket_path(c.lab, node)).st_mode & 0o777 == 0o600
-    deadline = time.monotonic() + 20
     while not status(c.lab, node)["pods_synced"]:
         assert time.monotonic() < deadline, "the daemon's pod cache never synced"
         time.sleep(0.05)
@@ -345,7 +351,7 @@ def test_monitor_restarts_a_killed_daemon_and_exit_stops_it(daemons):
             time.sleep(0.1)
         restarted = int(text.split()[0])
         assert _parent(restarted) == monitor
-        wait_serving(c, "node1")
+        wait_serving(c, "node1", restarted=True)
         pod = base.new_pod(c, "node1")
         base.assert_pod_wired(c, pod, base.add(c, pod))
         assert counts(c, "node1").get("ADD-ok") == 1  # the restarted daemon's
