@@ -143,6 +143,35 @@ static int top_level_string(const struct buf *in, const char *key, char **value)
     return i < n || depth ? -1 : found;
 }
 
+/* 0 once all of `data` is written to `fd`, else -1 (errno set). */
+static int write_all(int fd, const char *data, size_t len)
+{
+    while (len) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (n > 0) {
+            data += n;
+            len -= (size_t)n;
+        }
+    }
+    return 0;
+}
+
+/* The line at the head of `b` if it starts with `prefix`: what follows the prefix
+ * into `line` (cut to `size`), and the line taken off `b`. 0 when there is none yet. */
+static int take_line(struct buf *b, const char *prefix, char *line, size_t size)
+{
+    size_t plen = strlen(prefix);
+    char *nl = b->len > plen ? memchr(b->data, '\n', b->len) : NULL;
+    if (!nl || memcmp(b->data, prefix, plen))
+        return 0;
+    snprintf(line, size, "%.*s", (int)(nl - b->data - plen), b->data + plen);
+    b->len -= (size_t)(nl + 1 - b->data);
+    memmove(b->data, nl + 1, b->len);
+    return 1;
+}
+
 static char *argv0;
 
 static void json_string(const char *text)
@@ -179,14 +208,8 @@ _Noreturn static void python(char **args, int nargs, const struct buf *in, const
 {
     if (in) {
         int fd = memfd_create("cni-stdin", 0);
-        size_t done = 0;
-        while (fd >= 0 && done < in->len) {
-            ssize_t n = write(fd, in->data + done, in->len - done);
-            if (n < 0 && errno != EINTR)
-                break;
-            done += n > 0 ? (size_t)n : 0;
-        }
-        if (fd < 0 || done < in->len || lseek(fd, 0, SEEK_SET) || dup2(fd, 0) < 0) {
+        if (fd < 0 || write_all(fd, in->data, in->len) || lseek(fd, 0, SEEK_SET)
+            || dup2(fd, 0) < 0) {
             perror("ovn-k8s-cni-overlay: replaying stdin");
             exit(1);
         }
@@ -288,24 +311,16 @@ static int exchange(int sock, const struct buf *req, int *status, struct buf *ou
         }
         put(out, chunk, (size_t)n);
         /* Once the daemon has checked the call it says how long the work may take. */
-        char *nl;
-        while (out->len > 5 && !memcmp(out->data, "wait ", 5)
-               && (nl = memchr(out->data, '\n', out->len))) {
-            *nl = '\0';
-            timeout = (long long)((strtod(out->data + 5, NULL) + FRONT_DAEMON_MARGIN) * 1000);
-            out->len -= (size_t)(nl + 1 - out->data);
-            memmove(out->data, nl + 1, out->len);
-        }
+        char line[64];
+        while (take_line(out, "wait ", line, sizeof line))
+            timeout = (long long)((strtod(line, NULL) + FRONT_DAEMON_MARGIN) * 1000);
     }
-    char *nl = out->len > 5 ? memchr(out->data, '\n', out->len) : NULL;
-    if (!nl || memcmp(out->data, "exit ", 5)) {
+    char line[64];
+    if (!take_line(out, "exit ", line, sizeof line)) {
         snprintf(why, whylen, "ValueError: no exit status in the answer (%zu bytes)", out->len);
         return -1;
     }
-    *nl = '\0';
-    *status = atoi(out->data + 5);
-    out->len -= (size_t)(nl + 1 - out->data);
-    memmove(out->data, nl + 1, out->len);
+    *status = atoi(line);
     return 0;
 failed:
     snprintf(why, whylen, "%s: %s", err == ETIMEDOUT ? "TimeoutError" : "OSError",
@@ -388,11 +403,5 @@ int main(int argc, char **argv)
             failed = NULL;
         python(args, 3, &in, failed);
     }
-    for (size_t done = 0; done < out.len;) {
-        ssize_t n = write(1, out.data + done, out.len - done);
-        if (n < 0 && errno != EINTR)
-            return 1;
-        done += n > 0 ? (size_t)n : 0;
-    }
-    return status;
+    return write_all(1, out.data, out.len) ? 1 : status;
 }
